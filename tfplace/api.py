@@ -1,0 +1,163 @@
+"""The one core API every front door calls: capture -> analyse -> plan -> rewrite -> run."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from tfplace.capture import Captured, capture
+from tfplace.cluster import Cluster
+from tfplace.errors import ClusterError, PlanError
+from tfplace.plan import Plan
+
+__all__ = ["parallelize", "ParallelFunction", "plan_captured", "rewrite_captured", "compile_step",
+           "load_source", "run_source"]
+
+
+def plan_captured(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
+                  calibration: Any = None) -> Plan:
+    """Analyse a captured step and plan it on ``cluster`` (pure Python, no TF session)."""
+    from tfplace.analysis import analyse
+    from tfplace.planner import graph_fingerprint, make_plan
+    if not isinstance(cluster, Cluster):
+        raise ClusterError(f"cluster must be a tfplace.Cluster (got {type(cluster).__name__}); "
+                           "use Cluster.local(devices=N), launch_local(...), from_file(...)")
+    dag = analyse(captured.graph_def, captured.variables)
+    return make_plan(dag, cluster, placer=placer, variables=captured.variables,
+                     calibration=calibration, fingerprint=graph_fingerprint(captured.graph_def))
+
+
+def rewrite_captured(captured: Captured, plan: Plan) -> Any:
+    """The rewritten GraphDef for ``plan``; refuses a plan made for another graph."""
+    from tfplace.planner import graph_fingerprint
+    from tfplace.rewrite import rewrite
+    fp = graph_fingerprint(captured.graph_def)
+    if plan.graph_fingerprint and plan.graph_fingerprint != fp:
+        raise PlanError(f"the plan was made for graph {plan.graph_fingerprint} but this graph is "
+                        f"{fp}; re-plan it (tfplace plan SOURCE --out plan.pbtxt)")
+    return rewrite(captured.graph_def, plan)
+
+
+def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
+                 writeback: str = "step", calibration: Any = None) -> Any:
+    """Plan, rewrite and load a captured step; returns the runtime Executor."""
+    from tfplace.runtime.executor import Executor
+    plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
+    return Executor(captured, rewrite_captured(captured, plan), plan, writeback=writeback)
+
+
+def _signature_key(args: tuple, kwargs: dict) -> Any:
+    import tensorflow as tf
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "shape") and hasattr(x, "dtype"):
+            return ("T", tuple(x.shape), str(x.dtype))
+        return ("V", repr(x))
+    return repr(tf.nest.map_structure(leaf, (args, kwargs)))
+
+
+class ParallelFunction:
+    """A training step run through tfplace; call it like the original step."""
+
+    def __init__(self, fn: Callable[..., Any], *, cluster: Cluster, placer: str = "m_etf",
+                 writeback: str = "step", calibration: Any = None) -> None:
+        from tfplace.placers import get_placer
+        get_placer(placer)                      # fail fast on an unknown name
+        self.python_function = fn
+        self.cluster, self.placer, self.writeback = cluster, placer, writeback
+        self.calibration = calibration
+        self._executors: dict[Any, Any] = {}
+        self._last: Any = None
+        functools.update_wrapper(self, fn)
+
+    def _executor(self, args: tuple, kwargs: dict) -> Any:
+        key = _signature_key(args, kwargs)
+        ex = self._executors.get(key)
+        if ex is None:
+            captured = capture(self.python_function, args, kwargs)
+            ex = compile_step(captured, self.cluster, placer=self.placer,
+                              writeback=self.writeback, calibration=self.calibration)
+            self._executors[key] = ex
+        self._last = ex
+        return ex
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._executor(args, kwargs)(*args, **kwargs)
+
+    def plan_for(self, *args: Any, **kwargs: Any) -> Plan:
+        return self._executor(args, kwargs).plan
+
+    @property
+    def plan(self) -> Plan:
+        if self._last is None:
+            sig = getattr(self.python_function, "input_signature", None)
+            if sig is None:
+                raise PlanError("no plan yet: call the step once, or use "
+                                "step.plan_for(example_args), or give the tf.function an "
+                                "input_signature")
+            self._executor((), {})
+        return self._last.plan
+
+    @property
+    def executor(self) -> Any:
+        return self._last
+
+    def write_back(self) -> None:
+        for ex in self._executors.values():
+            ex.write_back()
+
+    def refresh(self) -> None:
+        for ex in self._executors.values():
+            ex.refresh()
+
+
+def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
+                placer: str = "m_etf", writeback: str = "step",
+                calibration: Any = None) -> Any:
+    """Decorator (or call) that runs a training step statically placed on ``cluster``.
+
+    ``writeback="step"`` keeps the user's variables current after every step; ``"manual"``
+    leaves the trained values on their devices until ``step.write_back()``.
+    """
+    def wrap(f: Callable[..., Any]) -> ParallelFunction:
+        return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,
+                                calibration=calibration)
+    return wrap if fn is None else wrap(fn)
+
+
+def load_source(source: str, *, signature: str | None = None, batch_size: int = 32) -> Captured:
+    """Capture a CLI SOURCE: a .pb/.pbtxt GraphDef, a SavedModel directory, or file.py:name."""
+    from tfplace.sources import load_source as _load
+    return _load(source, signature=signature, batch_size=batch_size)
+
+
+def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: int = 5,
+               batch_size: int = 32, trace: str | None = None) -> list[float]:
+    """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses."""
+    import json
+    import time
+    from tfplace.sources import load_source as _load
+    captured = _load(source, batch_size=batch_size)
+    if not captured.example:
+        raise PlanError(f"{source!r} is a bare graph; `tfplace run` needs FILE.py:NAME")
+    ex = compile_step(captured, cluster, placer=placer)
+    losses, events = [], []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        out = ex(*captured.example)
+        t1 = time.perf_counter()
+        losses.append(_scalar_loss(out))
+        events.append({"name": f"step {i}", "ph": "X", "pid": 0, "tid": 0,
+                       "ts": t0 * 1e6, "dur": (t1 - t0) * 1e6})
+    if trace:
+        with open(trace, "w") as f:
+            json.dump({"traceEvents": events}, f)
+    return losses
+
+
+def _scalar_loss(out: Any) -> float:
+    import numpy as np
+    if isinstance(out, dict):
+        out = out.get("loss", next(iter(out.values())))
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return float(np.asarray(out).reshape(-1)[0])

@@ -1,0 +1,112 @@
+"""Executor: imports a rewritten GraphDef as a tf.function bound to variables on their planned devices."""
+from __future__ import annotations
+
+from typing import Any
+
+from tfplace.capture import Captured
+from tfplace.errors import GraphError, WorkerLost
+from tfplace.runtime.devices import prepare
+
+__all__ = ["Executor", "WRITEBACK_MODES"]
+
+WRITEBACK_MODES = ("step", "manual")
+
+
+def _same_device(a: str, b: str) -> bool:
+    def canon(d: str) -> str:
+        return d.replace("/job:localhost/replica:0/task:0", "") or "/device:CPU:0"
+    return canon(a) == canon(b)
+
+
+class Executor:
+    """Runs one rewritten step. Variables the plan moves are created on their device once,
+    initialised from the user's variable; ``writeback="step"`` copies their new values back to
+    the user's variables at the end of every step, so the user's model always sees them."""
+
+    def __init__(self, captured: Captured, graph_def: Any, plan: Any, *,
+                 writeback: str = "step") -> None:
+        import tensorflow as tf
+        if writeback not in WRITEBACK_MODES:
+            from tfplace.errors import PlanError
+            raise PlanError(f"unknown writeback {writeback!r} (valid: {', '.join(WRITEBACK_MODES)})")
+        self.captured, self.graph_def, self.plan, self.writeback = captured, graph_def, plan, writeback
+        devices = tuple(sorted({n.device for n in graph_def.node if n.device}))
+        prepare(plan.cluster, devices)
+        self.pairs: list[tuple[str, Any, Any]] = []
+        for vp in plan.variables:
+            orig = captured.bindings.get(vp.node)
+            if orig is None:
+                raise GraphError(f"plan places variable {vp.name!r} (node {vp.node!r}) that the "
+                                 "captured step does not use; re-plan this step")
+            if _same_device(orig.device, vp.device):
+                placed = orig
+            else:
+                with tf.device(vp.device):
+                    placed = tf.Variable(orig.read_value(), trainable=orig.trainable,
+                                         name=vp.name.replace("/", "_") + "_tfplace")
+            self.pairs.append((vp.node, orig, placed))
+        self._consumers = self._resource_consumers()
+        specs = list(captured.input_specs)
+        self._fn = tf.function(self._body, input_signature=specs or None)
+
+    def _resource_consumers(self) -> list[str]:
+        moved = {node for node, orig, placed in self.pairs if placed is not orig}
+        out = []
+        for n in self.graph_def.node:
+            if any(i.split(":")[0].lstrip("^") in moved for i in n.input):
+                out.append(n.name)
+        return out
+
+    def _body(self, *flat: Any) -> list[Any]:
+        import tensorflow as tf
+        g = tf.compat.v1.get_default_graph()
+        c = self.captured
+        input_map = {f"{name}:0": t for name, t in zip(c.inputs, flat)}
+        for node, _orig, placed in self.pairs:
+            input_map[f"{node}:0"] = g.capture(placed.handle)
+        for node, const in c.constants.items():
+            input_map[f"{node}:0"] = g.capture(const)
+        wanted = list(c.outputs) + self._consumers
+        got = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
+                                             return_elements=wanted, name="tfplace")
+        outputs = list(got[:len(c.outputs)])
+        consumer_ops = list(got[len(c.outputs):])
+        if self.writeback == "step":
+            with tf.control_dependencies(consumer_ops):
+                copies = [orig.assign(placed.read_value(), read_value=False)
+                          for _node, orig, placed in self.pairs if placed is not orig]
+            if copies:
+                with tf.control_dependencies(copies):
+                    outputs = [tf.identity(o) for o in outputs]
+        return outputs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import tensorflow as tf
+        flat = self.captured.flatten_inputs(args, kwargs)
+        try:
+            out = self._fn(*flat)
+        except (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.CancelledError, tf.errors.DeadlineExceededError) as e:
+            launcher = getattr(self.plan.cluster, "_launcher", None)
+            if launcher is not None:
+                launcher.check()
+            raise WorkerLost(f"a worker stopped answering during the step ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}); nothing after the failure was "
+                             "applied: restart the workers and retry") from e
+        return self.captured.pack_outputs(out)
+
+    def write_back(self) -> None:
+        """Copy the placed variables' values into the user's variables."""
+        for _node, orig, placed in self.pairs:
+            if placed is not orig:
+                orig.assign(placed.read_value())
+
+    def refresh(self) -> None:
+        """Copy the user's variables into the placed ones (after the user assigned to them)."""
+        for _node, orig, placed in self.pairs:
+            if placed is not orig:
+                placed.assign(orig.read_value())
+
+    @property
+    def moved_variables(self) -> int:
+        return sum(1 for _n, o, p in self.pairs if p is not o)

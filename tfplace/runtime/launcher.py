@@ -1,0 +1,109 @@
+"""Launches loopback gRPC workers as child processes and tears them down."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from tfplace.cluster import Cluster, Task, grpc_cluster
+from tfplace.errors import ClusterError, WorkerLost
+
+__all__ = ["LocalWorkers", "launch"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalWorkers:
+    """The worker processes behind a ``Cluster.launch_local`` cluster."""
+
+    def __init__(self, procs: list[subprocess.Popen], tasks: tuple[Task, ...]) -> None:
+        self.procs = procs
+        self.tasks = tasks
+        self._finalizer = weakref.finalize(self, _kill, list(procs))
+
+    def dead(self) -> list[str]:
+        return [f"{t.job}:{t.index} ({t.address}, exit {p.poll()})"
+                for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
+
+    def check(self) -> None:
+        dead = self.dead()
+        if dead:
+            raise WorkerLost(f"worker(s) {', '.join(dead)} died; nothing was applied by the "
+                             "failed step: restart the cluster (Cluster.launch_local) and "
+                             "re-run from the last good state")
+
+    def shutdown(self) -> None:
+        self._finalizer()
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def launch(workers: int, devices_per_worker: int, *, pin: bool = True,
+           memory: int, flops: float, timeout: float = 60.0) -> Cluster:
+    if workers < 1 or devices_per_worker < 1:
+        raise ClusterError(f"launch_local needs workers >= 1 and devices_per_worker >= 1 "
+                           f"(got workers={workers}, devices_per_worker={devices_per_worker})")
+    tasks = tuple(Task("worker", i, f"127.0.0.1:{_free_port()}") for i in range(workers))
+    spec = json.dumps({"worker": [t.address for t in tasks]})
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+    env.pop("TF_CONFIG", None)
+    procs = []
+    for t in tasks:
+        cores = str(cpus[t.index % len(cpus)]) if pin and cpus and workers <= (ncpu or 1) else ""
+        cmd = [sys.executable, "-m", "tfplace.runtime.worker", "--spec", spec, "--task",
+               str(t.index), "--devices", str(devices_per_worker), "--cores", cores,
+               "--parent", str(os.getpid())]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env, text=True))
+    handle = LocalWorkers(procs, tasks)
+    try:
+        _wait_ready(procs, tasks, timeout)
+    except BaseException:
+        handle.shutdown()
+        raise
+    return grpc_cluster(tasks, devices_per_worker, memory=memory, flops=flops, launcher=handle)
+
+
+def _wait_ready(procs: list[subprocess.Popen], tasks: tuple[Task, ...], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for p, t in zip(procs, tasks):
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(max(0.0, deadline - time.monotonic()))
+        if not line or "TFPLACE_READY" not in line[0]:
+            err = ""
+            if p.poll() is not None and p.stderr is not None:
+                err = p.stderr.read()[-800:]
+            raise WorkerLost(f"worker {t.job}:{t.index} at {t.address} did not start within "
+                             f"{timeout:.0f} s (exit code {p.poll()}): {err.strip() or 'no output'}"
+                             "; check that TensorFlow imports and the port is free")
+        # stop the pipes from filling up: drain them in the background
+        for stream in (p.stdout, p.stderr):
+            threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+
+
+def _drain(stream: Any) -> None:
+    for _ in iter(stream.readline, ""):
+        pass

@@ -1,0 +1,244 @@
+"""The `tfplace` console script: parse arguments, call the core API, map errors to exit code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from tfplace.errors import BackendError, ClusterError, TfplaceError
+
+if TYPE_CHECKING:
+    from tfplace.cluster import Cluster
+
+__all__ = ["parse_args", "main", "resolve_cluster"]
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+DEFAULT_PLACER = "m_etf"
+CLUSTER_HELP = "a cluster YAML file, local:N, launch:WxD (spawn W workers x D devices) or tf_config"
+
+
+def _placer_help() -> str:
+    try:
+        from tfplace.placers import PLACER_NAMES
+        names = ", ".join(PLACER_NAMES)
+    except ImportError:
+        names = "see `tfplace placers`"
+    return f"placement algorithm (default {DEFAULT_PLACER}; one of: {names})"
+
+
+def resolve_cluster(spec: str) -> "Cluster":
+    """'local:N' | 'launch:WxD' | 'tf_config' | a YAML path -> Cluster."""
+    from tfplace.cluster import Cluster
+
+    if spec == "tf_config":
+        return Cluster.from_tf_config()
+    if spec.startswith("local:"):
+        m = re.fullmatch(r"local:(\d+)", spec)
+        if not m or int(m.group(1)) < 1:
+            raise ClusterError(f"--cluster {spec!r}: expected local:N with N >= 1, e.g. local:4")
+        return Cluster.local(int(m.group(1)))
+    if spec.startswith("launch:"):
+        m = re.fullmatch(r"launch:(\d+)x(\d+)", spec)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise ClusterError(f"--cluster {spec!r}: expected launch:WxD (W workers with D devices "
+                               "each, both >= 1), e.g. launch:2x2")
+        return Cluster.launch_local(workers=int(m.group(1)), devices_per_worker=int(m.group(2)))
+    return Cluster.from_file(spec)
+
+
+def _source_options(args: argparse.Namespace) -> dict[str, object]:
+    """Only the options given on the line, so the core API keeps its own defaults."""
+    opts = {"signature": getattr(args, "signature", None), "batch_size": args.batch_size}
+    return {k: v for k, v in opts.items() if v is not None}
+
+
+def _parse_task(spec: str) -> tuple[str, int]:
+    m = re.fullmatch(r"([A-Za-z_][\w-]*):(\d+)", spec)
+    if not m:
+        raise ClusterError(f"--task {spec!r}: expected JOB:INDEX, e.g. worker:0")
+    return m.group(1), int(m.group(2))
+
+
+# -- subcommands -----------------------------------------------------------------------------
+def _check_placer(name: str) -> None:
+    from tfplace.placers import get_placer
+    get_placer(name)                                     # PlanError listing the valid names
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    _check_placer(args.placer)                           # bad input fails before TF loads
+    with resolve_cluster(args.cluster) as cluster:
+        from tfplace.api import load_source, plan_captured
+        captured = load_source(args.source, **_source_options(args))
+        plan = plan_captured(captured, cluster, placer=args.placer)
+    print(plan.summary())
+    if args.out:
+        plan.save(args.out)
+        print(f"\nplan written to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_rewrite(args: argparse.Namespace) -> int:
+    from tfplace.planio import is_text_path, load_plan
+    plan = load_plan(args.plan)
+    from tfplace.api import load_source, rewrite_captured
+    captured = load_source(args.source, **_source_options(args))
+    graph_def = rewrite_captured(captured, plan)
+    if is_text_path(args.out):
+        from google.protobuf import text_format
+        Path(args.out).write_text(text_format.MessageToString(graph_def))
+    else:
+        Path(args.out).write_bytes(graph_def.SerializeToString())
+    print(f"rewritten GraphDef ({len(graph_def.node)} nodes) written to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    _check_placer(args.placer)
+    with resolve_cluster(args.cluster) as cluster:
+        if not cluster.is_remote:                        # logical devices exist only if made first
+            from tfplace.runtime.devices import configure_local_devices
+            configure_local_devices(len(cluster.devices))
+        from tfplace.api import run_source
+        losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
+                            trace=args.trace, **_source_options(args))
+    for step, loss in enumerate(losses):
+        print(f"step {step}: loss {float(loss):.6f}")
+    if args.trace:
+        print(f"trace written to {args.trace}")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    job, index = _parse_task(args.task)
+    cluster = resolve_cluster(args.cluster)
+    from tfplace.runtime.worker import serve_task
+    serve_task(cluster, job, index)
+    return EXIT_OK
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import yaml
+
+    try:
+        from tfplace.profile import calibrate
+    except ModuleNotFoundError as e:
+        if e.name != "tfplace.profile":
+            raise
+        raise BackendError("`tfplace profile` is not available in this build "
+                           "(tfplace/profile.py is missing); reinstall tfplace") from None
+    text = yaml.safe_dump(calibrate(device=args.device), sort_keys=True)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text, end="")
+    return EXIT_OK
+
+
+def _cmd_placers(args: argparse.Namespace) -> int:
+    from tfplace.placers import PLACER_NAMES
+    for name in PLACER_NAMES:
+        print(name)
+    return EXIT_OK
+
+
+# -- parsing ---------------------------------------------------------------------------------
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback on errors")
+    parser = argparse.ArgumentParser(
+        prog="tfplace", parents=[common],
+        description="Plan device placement for a TensorFlow training step, rewrite it, run it.")
+    from tfplace import __version__
+    parser.add_argument("--version", action="version", version=f"tfplace {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    def source_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--signature", help="SavedModel signature to capture")
+        p.add_argument("--batch-size", type=int, help="batch size to capture the step with")
+
+    p = add("plan", _cmd_plan, "plan placement for SOURCE on a cluster and print the summary")
+    p.add_argument("source", metavar="SOURCE",
+                   help="a GraphDef (.pb/.pbtxt), a SavedModel dir or SCRIPT.py:NAME")
+    p.add_argument("--cluster", required=True, help=CLUSTER_HELP)
+    p.add_argument("--placer", default=DEFAULT_PLACER, help=_placer_help())
+    p.add_argument("--out", help="write the plan here (.pbtxt is text, anything else binary)")
+    source_options(p)
+
+    p = add("rewrite", _cmd_rewrite, "apply a saved plan to SOURCE and write the placed GraphDef")
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("--plan", required=True, help="a plan written by `tfplace plan --out`")
+    p.add_argument("--out", required=True, help="output GraphDef (.pbtxt is text, else binary)")
+    source_options(p)
+
+    p = add("run", _cmd_run, "train SCRIPT.py:NAME for a few steps on a cluster")
+    p.add_argument("source", metavar="SCRIPT.py:NAME")
+    p.add_argument("--cluster", required=True, help=CLUSTER_HELP)
+    p.add_argument("--placer", default=DEFAULT_PLACER, help=_placer_help())
+    p.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
+    p.add_argument("--batch-size", type=int, help="batch size")
+    p.add_argument("--trace", help="write a Chrome trace (JSON) of the steps here")
+
+    p = add("serve", _cmd_serve, "run one task of a multi-host cluster (blocks)")
+    p.add_argument("--cluster", required=True, help="a cluster YAML with tasks, or tf_config")
+    p.add_argument("--task", required=True, help="JOB:INDEX of this process, e.g. worker:0")
+
+    p = add("profile", _cmd_profile, "measure this machine and print a calibration YAML")
+    p.add_argument("--device", help="TF device to measure (default: the first CPU)")
+    p.add_argument("--out", help="also write the calibration YAML here")
+
+    add("placers", _cmd_placers, "list the placement algorithms")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    args = _build_parser().parse_args(argv)
+    if not hasattr(args, "debug"):
+        args.debug = False
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's C++ banner is not our output
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:                      # --help, --version, or argparse's usage error
+        return e.code if isinstance(e.code, int) else EXIT_USER
+    try:
+        return int(args.handler(args))
+    except TfplaceError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"tfplace: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except OSError as e:                         # a missing or unreadable file named on the line
+        if args.debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tfplace: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("tfplace: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last resort keeps the one-line contract
+        if args.debug:
+            raise
+        print(f"tfplace: internal error: {type(e).__name__}: {e} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

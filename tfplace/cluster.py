@@ -150,7 +150,16 @@ class Cluster:
     def is_remote(self) -> bool:
         return bool(self.tasks)
 
-    # -- lifecycle (launched clusters only) ---------------------------------------------------
+    # -- lifecycle ----------------------------------------------------------------------------
+    def connect(self) -> "Cluster":
+        """Join this process to the cluster's gRPC tasks now (launch_local does it for you).
+
+        Call it at program start, before creating the model: TF re-initialises its context
+        when it connects, and variables created before that may lose later updates."""
+        from tfplace.runtime.devices import prepare
+        prepare(self, self.names)
+        return self
+
     def shutdown(self) -> None:
         if self._launcher is not None:
             self._launcher.shutdown()

@@ -58,7 +58,7 @@ def _kill(procs: list[subprocess.Popen]) -> None:
 
 
 def launch(workers: int, devices_per_worker: int, *, pin: bool = True,
-           memory: int, flops: float, timeout: float = 60.0) -> Cluster:
+           memory: int, flops: float, timeout: float = 60.0, connect: bool = True) -> Cluster:
     if workers < 1 or devices_per_worker < 1:
         raise ClusterError(f"launch_local needs workers >= 1 and devices_per_worker >= 1 "
                            f"(got workers={workers}, devices_per_worker={devices_per_worker})")
@@ -82,7 +82,13 @@ def launch(workers: int, devices_per_worker: int, *, pin: bool = True,
     except BaseException:
         handle.shutdown()
         raise
-    return grpc_cluster(tasks, devices_per_worker, memory=memory, flops=flops, launcher=handle)
+    cluster = grpc_cluster(tasks, devices_per_worker, memory=memory, flops=flops, launcher=handle)
+    if connect:
+        # Connect now, before the caller creates variables: TF's set_server_def on a context
+        # that already holds variables leaves some of their later updates unapplied.
+        from tfplace.runtime.devices import prepare
+        prepare(cluster, cluster.names)
+    return cluster
 
 
 def _wait_ready(procs: list[subprocess.Popen], tasks: tuple[Task, ...], timeout: float) -> None:

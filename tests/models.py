@@ -1,0 +1,95 @@
+"""Small Keras models and plain training steps that the equivalence tests run both ways."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def build(kind: str):
+    import keras
+    keras.utils.set_random_seed(7)
+    L = keras.layers
+    if kind == "mlp":
+        inp = keras.Input((12,))
+        h = L.Dense(32, activation="relu")(inp)
+        h = L.Dense(32, activation="tanh")(h)
+        out = L.Dense(4)(h)
+    elif kind == "cnn":
+        inp = keras.Input((12, 12, 3))
+        h = L.Conv2D(8, 3, activation="relu")(inp)
+        h = L.MaxPooling2D(2)(h)
+        h = L.Conv2D(8, 3, padding="same", activation="relu")(h)
+        h = L.AveragePooling2D(2)(h)
+        h = L.Flatten()(h)
+        out = L.Dense(4)(h)
+    elif kind == "transformer":
+        inp = keras.Input((8, 16))
+        a = L.MultiHeadAttention(num_heads=2, key_dim=8)(inp, inp)
+        h = L.LayerNormalization()(inp + a)
+        f = L.Dense(32, activation="relu")(h)
+        f = L.Dense(16)(f)
+        h = L.LayerNormalization()(h + f)
+        h = L.GlobalAveragePooling1D()(h)
+        out = L.Dense(4)(h)
+    else:
+        raise ValueError(kind)
+    return keras.Model(inp, out, name=kind)
+
+
+def data(kind: str, batch: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    shape = {"mlp": (12,), "cnn": (12, 12, 3), "transformer": (8, 16)}[kind]
+    x = rng.standard_normal((batch, *shape)).astype("float32")
+    y = rng.standard_normal((batch, 4)).astype("float32")
+    return x, y
+
+
+def twin(kind: str):
+    """Two models with identical weights, each with its own optimizer and step."""
+    import keras
+    a = build(kind)
+    b = build(kind)
+    b.set_weights(a.get_weights())
+    return (a, make_step(a)), (b, make_step(b))
+
+
+def optimizer(model):
+    """Adam, except for attention: the key bias has an exactly-zero gradient (softmax ignores
+    it), so its computed gradient is pure rounding noise that Adam normalises into lr-sized
+    steps; any change in summation order (another device) then changes those weights
+    completely. SGD with momentum keeps that noise at its true, negligible size."""
+    import keras
+    if model.name == "transformer":
+        return keras.optimizers.SGD(learning_rate=5e-2, momentum=0.9)
+    return keras.optimizers.Adam(learning_rate=1e-2)
+
+
+def make_step(model):
+    import tensorflow as tf
+    import keras
+    opt = optimizer(model)
+    loss_fn = keras.losses.MeanSquaredError()
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+    model.step_optimizer = opt
+    return train_step
+
+
+def assert_same_training(ref, got, *, steps: int = 5, kind: str, rtol: float = 1e-5):
+    """Run ``steps`` steps of both (model, step) pairs; losses and final weights must agree."""
+    (m_ref, s_ref), (m_got, s_got) = ref, got
+    losses_ref, losses_got = [], []
+    for i in range(steps):
+        x, y = data(kind, seed=i)
+        losses_ref.append(float(s_ref(x, y)))
+        losses_got.append(float(s_got(x, y)))
+    np.testing.assert_allclose(losses_got, losses_ref, rtol=rtol, atol=1e-7)
+    assert losses_ref[-1] < losses_ref[0], "training should reduce the loss"
+    for w_ref, w_got in zip(m_ref.get_weights(), m_got.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=rtol, atol=1e-7)
+    return losses_ref, losses_got

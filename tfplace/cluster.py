@@ -89,14 +89,21 @@ class Cluster:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def local(cls, devices: int = 4, *, memory: int = DEFAULT_MEMORY,
-              flops: float = DEFAULT_FLOPS) -> "Cluster":
-        """N logical CPU devices in this process (configured before TF initialises)."""
+              flops: float = DEFAULT_FLOPS, configure: bool = True) -> "Cluster":
+        """N logical CPU devices in this process.
+
+        With ``configure`` (the default) the host CPU is split into N logical devices right
+        away, so call this before the first TensorFlow op runs; ``configure=False`` gives the
+        pure value, for planning only."""
         from tfplace.errors import ClusterError
         if not isinstance(devices, int) or devices < 1:
             raise ClusterError(f"Cluster.local needs devices >= 1 (got devices={devices!r}); "
                                "pass the number of logical CPU devices to create")
         if memory <= 0:
             raise ClusterError(f"Cluster.local needs memory > 0 bytes (got memory={memory})")
+        if configure:
+            from tfplace.runtime.devices import configure_local_devices
+            configure_local_devices(devices)
         return cls(devices=tuple(Device(local_device_name(i), "CPU", memory, flops)
                                  for i in range(devices)))
 

@@ -45,6 +45,15 @@ def test_handles_hold_no_activation_memory():
     assert device_peaks(dag, {"v": c.names[0], "r": c.names[0]}, c) == {c.names[0]: (8, 16)}
 
 
+def test_variable_reads_alias_their_variable():
+    dag = OpDag.from_records([dict(name="v", out_bytes=0, out_dtypes=[20], param_bytes=64),
+                              dict(name="r", op="ReadVariableOp", inputs=["v"], out_bytes=64),
+                              dict(name="y", op="Neg", inputs=["r"], out_bytes=64)])
+    c = Cluster.local(1)
+    assert device_peaks(dag, {n.name: c.names[0] for n in dag.nodes}, c) == {
+        c.names[0]: (64, 128)}
+
+
 def test_fmt_bytes():
     assert fmt_bytes(5.2 * 2**30) == "5.2 GiB"
     assert fmt_bytes(3 * 2**20) == "3.0 MiB"

@@ -149,3 +149,20 @@ def test_m_etf_scales_linearly_enough_for_a_quick_check():
     dag = OpDag.from_records(recs)
     p = run("m_etf", dag, Cluster.local(4))
     assert len(p) == 2000 and len(set(p.values())) > 1
+
+
+@pytest.mark.parametrize("name", PLACER_NAMES)
+def test_early_variable_reads_do_not_exhaust_memory(name):
+    # Every variable is a source, ready at once; params are reserved when the group binds and
+    # each member's outputs count when it is placed; reads alias their variable (0 bytes), so
+    # m_etf running every read at t=0 costs no activation memory.
+    recs = [dict(name="x", out_bytes=1000)]
+    for i in range(10):
+        recs += [dict(name=f"w{i}", out_bytes=0, out_dtypes=[20], param_bytes=100),
+                 dict(name=f"r{i}", op="ReadVariableOp", inputs=[f"w{i}"], out_bytes=1000),
+                 dict(name=f"h{i}", op="MatMul", inputs=[f"h{i-1}" if i else "x", f"r{i}"],
+                      out_bytes=1000, flops=1e6)]
+    dag = OpDag.from_records(recs)
+    c = Cluster.local(1, memory=10 * 100 + 4000)
+    p = run(name, dag, c)
+    assert device_peaks(dag, p, c)[c.names[0]][1] <= 10 * 100 + 4000

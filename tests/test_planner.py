@@ -18,7 +18,7 @@ CAL = Calibration(overhead_seconds=0.0)
 def two_branch():
     return OpDag.from_records([
         dict(name="v", op="VarHandleOp", out_bytes=0, out_dtypes=[20], param_bytes=400),
-        dict(name="src", op="ReadVariableOp", inputs=["v"], out_bytes=10**6),
+        dict(name="src", op="ResourceGather", inputs=["v"], out_bytes=10**6),
         dict(name="a", op="MatMul", inputs=["src"], out_bytes=10**6, flops=1e9),
         dict(name="b", op="MatMul", inputs=["src"], out_bytes=10**6, flops=1e9),
         dict(name="sink", op="AddV2", inputs=["a", "b"], out_bytes=4, flops=1.0),

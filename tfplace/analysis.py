@@ -228,8 +228,8 @@ def _parse_inputs(refs: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]
         if ref.startswith("^"):
             ctrl.append(ref[1:])
         else:
-            src, k = split_input(ref)
-            data.append(f"{src}:{k}")
+            src, sep, k = ref.rpartition(":")
+            data.append(ref if sep and k.isdigit() else ref + ":0")
     return tuple(data), tuple(ctrl)
 
 
@@ -237,13 +237,17 @@ def _parse_inputs(refs: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]
 def _shape_of(sp: Any) -> tuple[int, ...] | None:
     if sp.unknown_rank:
         return None
-    return tuple(int(d.size) for d in sp.dim)
+    return tuple([d.size for d in sp.dim])
 
 
 def _output_shapes(attr: Any) -> tuple[tuple[int, ...] | None, ...]:
     if "_output_shapes" not in attr:
         return ()
-    return tuple(_shape_of(s) for s in attr["_output_shapes"].list.shape)
+    return tuple([_shape_of(s) for s in attr["_output_shapes"].list.shape])
+
+
+# Single-output ops name their output type in one of these, most specific first.
+_SINGLE_TYPE_ATTRS = ("out_type", "output_type", "DstT", "dtype", "T", "Tout", "type")
 
 
 def _out_dtypes(op: str, attr: Any, n_out: int) -> tuple[int, ...]:
@@ -253,6 +257,16 @@ def _out_dtypes(op: str, attr: Any, n_out: int) -> tuple[int, ...]:
         return (DT_RESOURCE,) * n_out
     if op in COMPARISONS:
         return (DT_BOOL,) * n_out
+    if n_out == 1:
+        for key in _SINGLE_TYPE_ATTRS:
+            if key in attr:
+                av = attr[key]
+                if av.type:                                  # 0 (DT_INVALID) if it is a list
+                    return (av.type,)
+                types = av.list.type
+                if len(types) == 1:
+                    return (types[0],)
+        return (0,)
     for key in _LIST_TYPE_ATTRS:
         if key in attr:
             types = list(attr[key].list.type)
@@ -261,24 +275,24 @@ def _out_dtypes(op: str, attr: Any, n_out: int) -> tuple[int, ...]:
     for key in _TYPE_ATTRS:
         if key in attr and attr[key].WhichOneof("value") == "type":
             first = int(attr[key].type)
-            if "U" in attr and n_out > 1:                 # FusedBatchNorm: y is T, stats are U
+            if "U" in attr:                                  # FusedBatchNorm: y is T, stats U
                 return (first,) + (int(attr["U"].type),) * (n_out - 1)
             return (first,) * n_out
     return (0,) * n_out
 
 
 def _resolve(shape: tuple[int, ...] | None, hint: int) -> tuple[int, ...] | None:
-    if shape is None:
-        return None
-    return tuple(d if d >= 0 else hint for d in shape)
+    if shape is None or not shape or min(shape) >= 0:
+        return shape
+    return tuple([d if d >= 0 else hint for d in shape])
 
 
 def _nbytes(shape: tuple[int, ...] | None, dtype: int, hint: int) -> int:
+    """Bytes of a tensor; `shape` must already be resolved (no unknown dims)."""
     size = DTYPE_BYTES.get(dtype % 100, DEFAULT_ELEMENT_BYTES)  # 101+ are TF1 ref types
     if size == 0:
         return 0
-    elems = hint if shape is None else math.prod(d if d >= 0 else hint for d in shape)
-    return elems * size
+    return (hint if shape is None else math.prod(shape)) * size
 
 
 def _cost_attrs(attr: Any) -> dict[str, Any]:
@@ -363,7 +377,7 @@ _ATTR_OPS = frozenset(("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3"
 def _var_handle_bytes(attr: Any) -> int:
     shape = _shape_of(attr["shape"].shape) if "shape" in attr else ()
     dtype = int(attr["dtype"].type) if "dtype" in attr else 0
-    return _nbytes(shape or (), dtype if DTYPE_BYTES.get(dtype % 100) else 1, 1)
+    return _nbytes(_resolve(shape, 1) or (), dtype if DTYPE_BYTES.get(dtype % 100) else 1, 1)
 
 
 def analyse(graph_def: Any, variables: Sequence[Any] = (), *,
@@ -398,12 +412,14 @@ def _analyse(graph_def: Any, variables: Sequence[Any], batch_size_hint: int) -> 
         op = nd.op
         data, ctrl = _parse_inputs(nd.input)
         dtypes = _out_dtypes(op, attr, len(shp))
-        out_bytes = tuple(_nbytes(s, t, hint) for s, t in zip(shp, dtypes))
+        res = resolved[nd.name]
+        out_bytes = tuple([_nbytes(s, t, hint) for s, t in zip(res, dtypes)])
         in_shapes: list[tuple[int, ...] | None] = []
         for ref in data:
-            src, k = split_input(ref)
+            src, _, k = ref.rpartition(":")
             outs = resolved.get(src, ())
-            in_shapes.append(outs[k] if k < len(outs) else None)
+            ki = int(k)
+            in_shapes.append(outs[ki] if ki < len(outs) else None)
         if op in ("VarHandleOp", "VarHandleOpV2"):
             param = var_bytes.get(nd.name, _var_handle_bytes(attr))
         else:
@@ -415,6 +431,6 @@ def _analyse(graph_def: Any, variables: Sequence[Any], batch_size_hint: int) -> 
                           if (v.decode() if isinstance(v, bytes) else str(v)).startswith("loc:@"))
         nodes.append(OpNode(name=nd.name, op=op, inputs=data, control_inputs=ctrl,
                             out_shapes=shp, out_dtypes=dtypes, out_bytes=out_bytes,
-                            flops=float(flops.node(nd, in_shapes, resolved[nd.name])),
+                            flops=float(flops.node(nd, in_shapes, res)),
                             param_bytes=param, colocate_with=coloc, device=nd.device))
     return OpDag(nodes)

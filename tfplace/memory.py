@@ -7,7 +7,10 @@ from tfplace.analysis import DT_RESOURCE, DT_VARIANT, OpDag
 from tfplace.cluster import Cluster
 from tfplace.errors import PlanError
 
-__all__ = ["MemoryTracker", "device_peaks", "fmt_bytes"]
+__all__ = ["MemoryTracker", "device_peaks", "fmt_bytes", "ALIASING_OPS"]
+
+# Ops whose output shares its variable's buffer: the parameter bytes already count it.
+ALIASING_OPS = frozenset(("ReadVariableOp",))
 
 
 def fmt_bytes(n: float) -> str:
@@ -23,9 +26,9 @@ class MemoryTracker:
 
     A device holds the parameters of every variable placed on it for the whole step, plus
     activations: a node's outputs are live from its placement until all their consumers are
-    placed (handles and variants count 0). peak = params + peak live activations. Nodes may be
-    placed out of order (a colocation group at once); a tensor whose consumers were all placed
-    first is freed as soon as its producer is placed.
+    placed (handles, variants and variable reads, which alias the variable, count 0). peak = params + peak live activations. Placers
+    place nodes in a topological order; a tensor whose consumers were all placed first (out of
+    order) is freed as soon as its producer is placed.
     """
 
     def __init__(self, dag: OpDag, cluster: Cluster) -> None:
@@ -42,7 +45,9 @@ class MemoryTracker:
         self.act: list[list[int]] = []
         for n in dag.nodes:
             dts = n.out_dtypes
-            if DT_RESOURCE in dts or DT_VARIANT in dts:
+            if n.op in ALIASING_OPS:
+                self.act.append([0] * len(n.out_bytes))
+            elif DT_RESOURCE in dts or DT_VARIANT in dts:
                 self.act.append([0 if (k < len(dts) and dts[k] in (DT_RESOURCE, DT_VARIANT))
                                  else b for k, b in enumerate(n.out_bytes)])
             else:
@@ -66,8 +71,10 @@ class MemoryTracker:
 
     def need(self, nodes: Sequence[int], device: int | str) -> tuple[int, int]:
         """(param bytes, activation bytes) device would need at its peak if `nodes` joined it."""
-        d = self._dev(device)
-        params, acts = self.group_need(nodes)
+        return self.need_for(*self.group_need(nodes), self._dev(device))
+
+    def need_for(self, params: int, acts: int, d: int) -> tuple[int, int]:
+        """(param bytes, activation bytes) device d would need after adding (params, acts)."""
         return self.params[d] + params, max(self.peak_live[d], self.live[d] + acts)
 
     def fits(self, params: int, acts: int, d: int) -> bool:
@@ -80,10 +87,16 @@ class MemoryTracker:
     def can_place(self, nodes: Sequence[int], device: int | str) -> bool:
         return self.fits(*self.group_need(nodes), self._dev(device))
 
-    def place(self, node: int, device: int | str) -> None:
+    def add_params(self, nbytes: int, device: int | str) -> None:
+        """Reserve parameter bytes ahead of placing their nodes (a colocation group's)."""
+        self.params[self._dev(device)] += nbytes
+
+    def place(self, node: int, device: int | str, *, with_params: bool = True) -> None:
+        """Place one node; with_params=False when its params were reserved by add_params."""
         d = self._dev(device)
         self.device_of[node] = d
-        self.params[d] += self.param[node]
+        if with_params:
+            self.params[d] += self.param[node]
         live = self.live[d] + self.act_total[node]
         if live > self.peak_live[d]:
             self.peak_live[d] = live

@@ -7,7 +7,7 @@ goes to the device where it can start earliest::
     start(d) = max(free(d), max over preds p of finish(p) + transfer(dev(p) -> d, bytes))
 
 among devices with memory for its colocation group (ties: lower device index). The first
-member of a group binds the whole group to that device. Costs come from `costs.op_seconds`
+member of a group binds the whole group to that device (`Binder`). Costs come from `costs.op_seconds`
 and `Cluster.transfer_seconds` (as latency + bytes/bandwidth matrices).
 
 Time: O(V log V + E + V·D) when every pair of devices has the same link (then the latest
@@ -20,11 +20,9 @@ import heapq
 
 from tfplace.analysis import OpDag
 from tfplace.cluster import Cluster
-from tfplace.colocation import colocation_groups, group_of
 from tfplace.costs import Calibration
-from tfplace.memory import MemoryTracker
 from tfplace.placers import register
-from tfplace.placers._common import no_room_error
+from tfplace.placers._common import Binder
 from tfplace.schedule_sim import durations, link_matrices
 
 __all__ = ["place", "schedule"]
@@ -41,10 +39,8 @@ def _uniform(lat: list[list[float]], inv: list[list[float]]) -> tuple[float, flo
 def schedule(dag: OpDag, cluster: Cluster, *,
              calibration: Calibration) -> tuple[list[int], list[float]]:
     """(device index per node, finish time per node) of the m-ETF schedule."""
-    tracker = MemoryTracker(dag, cluster)
-    groups = colocation_groups(dag)
-    gid = group_of(groups, len(dag.nodes))
-    bound = [-1] * len(groups)
+    binder = Binder(dag, cluster)
+    gid, bound = binder.gid, binder.bound
     n_dev = len(cluster.devices)
     all_devs = range(n_dev)
     dur = durations(dag, cluster, calibration)
@@ -56,21 +52,19 @@ def schedule(dag: OpDag, cluster: Cluster, *,
     finish = [0.0] * len(dag.nodes)
     dev = [-1] * len(dag.nodes)
     free = [0.0] * n_dev
-    fits, group_need, place_all = tracker.fits, tracker.group_need, tracker.place_all
+    fitting, place_node = binder.fitting, binder.place
     heap = [(0.0, i) for i, k in enumerate(indeg) if k == 0]
     heapq.heapify(heap)
     pop, push = heapq.heappop, heapq.heappush
     while heap:
         _, i = pop(heap)
-        g = gid[i]
-        b = bound[g]
+        b = bound[gid[i]]
         if b >= 0:
             cands: list[int] = [b]
         else:
-            gp, ga = group_need(groups[g])
-            cands = [d for d in all_devs if fits(gp, ga, d)]
+            cands = fitting(i)
             if not cands:
-                raise no_room_error(tracker, groups[g], dag)
+                raise binder.no_room(i)
         if uniform is not None and len(cands) > 1:
             lat_u, inv_u = uniform
             local = [_NEG] * n_dev        # latest finish of a pred on each device
@@ -115,9 +109,7 @@ def schedule(dag: OpDag, cluster: Cluster, *,
             if start[c] < start[best]:                     # strict: ties keep the lower index
                 best = c
         d = cands[best]
-        if b < 0:
-            bound[g] = d
-            place_all(groups[g], d)
+        place_node(i, d)
         f = start[best] + dur[d][i]
         finish[i] = f
         free[d] = f

@@ -7,16 +7,17 @@ device gets one contiguous slice of the order::
 
     topo order:  [a b c d | e f g h | i j k | l m n]
     devices:        0         1        2      3
+
+A colocation group goes where its first member goes.
 """
 from __future__ import annotations
 
 from tfplace.analysis import OpDag
 from tfplace.cluster import Cluster
-from tfplace.colocation import colocation_groups
 from tfplace.costs import Calibration
 from tfplace.memory import MemoryTracker
 from tfplace.placers import register
-from tfplace.placers._common import fitting_devices, no_room_error
+from tfplace.placers._common import Binder
 
 __all__ = ["place", "shares"]
 
@@ -30,29 +31,26 @@ def shares(tracker: MemoryTracker) -> list[float]:
 
 @register("m_topo")
 def place(dag: OpDag, cluster: Cluster, *, calibration: Calibration) -> dict[str, str]:
-    tracker = MemoryTracker(dag, cluster)
-    names = cluster.names
-    last = len(names) - 1
-    share = shares(tracker)
-    used = [0] * len(names)             # the share accounting: params + outputs placed so far
-    out: dict[str, str] = {}
+    binder = Binder(dag, cluster)
+    last = len(cluster.devices) - 1
+    share = shares(binder.tracker)
+    used = [0] * len(cluster.devices)    # share accounting: params + outputs placed so far
     d = 0
-    for group in colocation_groups(dag):
-        need = sum(tracker.param[i] + tracker.act_total[i] for i in group)
-        if d < last and used[d] > 0 and used[d] + need > share[d]:
-            d += 1
-        target = d
-        if not tracker.can_place(group, d):
-            # Stay contiguous when possible: the next devices first, then any with room.
-            later = [e for e in fitting_devices(tracker, group) if e > d]
-            anywhere = later or fitting_devices(tracker, group)
-            if not anywhere:
-                raise no_room_error(tracker, group, dag)
-            target = anywhere[0]
-            if target > d:
-                d = target
-        tracker.place_all(group, target)
-        used[target] += need
-        for i in group:
-            out[dag.nodes[i].name] = names[target]
-    return out
+    for i in range(len(dag.nodes)):
+        params, acts = binder.need(i)
+        target = binder.bound_device(i)
+        if target < 0:
+            if d < last and used[d] > 0 and used[d] + params + acts > share[d]:
+                d += 1
+            target = d
+            if not binder.fits(i, d):
+                # Stay contiguous when possible: the next devices first, then any with room.
+                room = binder.fitting(i)
+                later = [e for e in room if e > d]
+                if not room:
+                    raise binder.no_room(i)
+                target = (later or room)[0]
+                d = max(d, target)
+        binder.place(i, target)
+        used[target] += params + binder.tracker.act_total[i]
+    return binder.placement()

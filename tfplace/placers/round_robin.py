@@ -3,31 +3,27 @@ from __future__ import annotations
 
 from tfplace.analysis import OpDag
 from tfplace.cluster import Cluster
-from tfplace.colocation import colocation_groups
 from tfplace.costs import Calibration
-from tfplace.memory import MemoryTracker
 from tfplace.placers import register
-from tfplace.placers._common import no_room_error
+from tfplace.placers._common import Binder
 
 __all__ = ["place"]
 
 
 @register("round_robin")
 def place(dag: OpDag, cluster: Cluster, *, calibration: Calibration) -> dict[str, str]:
-    tracker = MemoryTracker(dag, cluster)
-    names = cluster.names
-    n_dev = len(names)
-    out: dict[str, str] = {}
+    binder = Binder(dag, cluster)
+    n_dev = len(cluster.devices)
     nxt = 0
-    for group in colocation_groups(dag):
-        for step in range(n_dev):                 # skip devices without room
-            d = (nxt + step) % n_dev
-            if tracker.can_place(group, d):
-                break
-        else:
-            raise no_room_error(tracker, group, dag)
-        tracker.place_all(group, d)
-        for i in group:
-            out[dag.nodes[i].name] = names[d]
-        nxt = (d + 1) % n_dev
-    return out
+    for i in range(len(dag.nodes)):
+        d = binder.bound_device(i)
+        if d < 0:                                   # a new group: the next device with room
+            for step in range(n_dev):
+                d = (nxt + step) % n_dev
+                if binder.fits(i, d):
+                    break
+            else:
+                raise binder.no_room(i)
+            nxt = (d + 1) % n_dev
+        binder.place(i, d)
+    return binder.placement()

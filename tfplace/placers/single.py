@@ -3,21 +3,18 @@ from __future__ import annotations
 
 from tfplace.analysis import OpDag
 from tfplace.cluster import Cluster
-from tfplace.colocation import colocation_groups
 from tfplace.costs import Calibration
-from tfplace.memory import MemoryTracker
 from tfplace.placers import register
-from tfplace.placers._common import no_room_error
+from tfplace.placers._common import Binder
 
 __all__ = ["place"]
 
 
 @register("single")
 def place(dag: OpDag, cluster: Cluster, *, calibration: Calibration) -> dict[str, str]:
-    tracker = MemoryTracker(dag, cluster)
-    for group in colocation_groups(dag):
-        if not tracker.can_place(group, 0):
-            raise no_room_error(tracker, group, dag)
-        tracker.place_all(group, 0)
-    name = cluster.names[0]
-    return {n.name: name for n in dag.nodes}
+    binder = Binder(dag, cluster)
+    for i in range(len(dag.nodes)):
+        if binder.bound_device(i) < 0 and not binder.fits(i, 0):
+            raise binder.no_room(i)
+        binder.place(i, 0)
+    return binder.placement()

@@ -99,3 +99,120 @@ def test_python_dash_m_tfplace() -> None:
 
 def test_tf_config_value_is_json() -> None:
     assert json.loads('{"cluster": {}}') == {"cluster": {}}   # guard: the env var form is JSON
+
+
+# -- real graphs: GraphDef files and SCRIPT.py:NAME sources ------------------------------------
+MLP_SCRIPT = '''
+import tensorflow as tf
+import keras
+
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((12,)), keras.layers.Dense(32, activation="relu"),
+                          keras.layers.Dense(4)])
+opt = keras.optimizers.SGD(0.1)
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, 12], tf.float32),
+                              tf.TensorSpec([None, 4], tf.float32)])
+def train_step(x, y):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+    grads = tape.gradient(loss, model.trainable_variables)
+    opt.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+'''
+TINY_CLUSTER = """devices:
+  - name: /job:worker/replica:0/task:0/device:CPU:0
+    memory: 1KiB
+  - name: /job:worker/replica:0/task:1/device:CPU:0
+    memory: 1KiB
+"""
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory) -> tuple[str, str]:
+    """(SCRIPT.py:NAME, GraphDef .pb path) of one small Keras MLP training step."""
+    import importlib.util
+    d = tmp_path_factory.mktemp("mlp")
+    script = d / "mlp_step.py"
+    script.write_text(MLP_SCRIPT)
+    spec = importlib.util.spec_from_file_location("tfplace_test_mlp_step", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gd = module.train_step.get_concrete_function().graph.as_graph_def(add_shapes=True)
+    pb = d / "step.pb"
+    pb.write_bytes(gd.SerializeToString())
+    return f"{script}:train_step", str(pb)
+
+
+def test_missing_graph_def(tmp_path) -> None:
+    missing = tmp_path / "missing.pb"
+    assert_user_error(run_cli("plan", str(missing), "--cluster", "local:2"), str(missing),
+                      "does not exist")
+
+
+def test_truncated_graph_def(mlp, tmp_path) -> None:
+    data = Path(mlp[1]).read_bytes()
+    cut = tmp_path / "cut.pb"
+    cut.write_bytes(data[:len(data) // 2])
+    assert_user_error(run_cli("plan", str(cut), "--cluster", "local:2"), str(cut), "truncated")
+
+
+def test_unknown_placer_lists_valid_ones(mlp) -> None:
+    from tfplace.placers import PLACER_NAMES
+    out = run_cli("plan", mlp[1], "--cluster", "local:2", "--placer", "foo")
+    assert_user_error(out, "'foo'", ", ".join(PLACER_NAMES))
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["script", "graph_def"])
+def test_model_does_not_fit(mlp, tmp_path, which: int) -> None:
+    cluster = tmp_path / "tiny.yaml"
+    cluster.write_text(TINY_CLUSTER)
+    out = run_cli("plan", mlp[which], "--cluster", str(cluster))
+    assert_user_error(out, "> capacity 1.0 KiB", "fix:")
+    for task in (0, 1):
+        dev = f"/job:worker/replica:0/task:{task}/device:CPU:0"
+        line = next(ln for ln in out.stderr.splitlines() if dev in ln)
+        assert "needs" in line and "capacity 1.0 KiB" in line, line
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["script", "graph_def"])
+def test_plan_and_rewrite(mlp, tmp_path, capsys, which: int) -> None:
+    from tensorflow.core.framework import graph_pb2
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        if which == 0:     # a script rerun in this process would build renamed Keras layers
+            out = run_cli(*argv)
+            return out.returncode, out.stdout, out.stderr
+        code = main(list(argv))                 # in process: TF loads once, not per call
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    plan = tmp_path / "plan.pbtxt"
+    code, out, err = cli("plan", mlp[which], "--cluster", "local:2", "--out", str(plan))
+    assert code == 0, err
+    assert "placer=m_etf" in out and "#ops" in out and plan.is_file()
+    assert out.count("/job:localhost/replica:0/task:0/device:CPU:") >= 2
+    rewritten = tmp_path / "r.pb"
+    code, out, err = cli("rewrite", mlp[which], "--plan", str(plan), "--out", str(rewritten))
+    assert code == 0 and "written to" in out, err
+    gd = graph_pb2.GraphDef()
+    gd.ParseFromString(rewritten.read_bytes())
+    assert gd.node and all(n.device for n in gd.node), [n.name for n in gd.node if not n.device]
+    assert {n.device for n in gd.node} <= {f"/job:localhost/replica:0/task:0/device:CPU:{i}"
+                                            for i in range(2)}
+
+
+def test_plan_with_calibration(mlp, tmp_path, capsys) -> None:
+    import yaml
+    calib = tmp_path / "calib.yaml"
+    calib.write_text(yaml.safe_dump({
+        "matmul_flops_per_second": 4e10, "conv2d_flops_per_second": 2e10,
+        "elementwise_bytes_per_second": 1e10, "elementwise_flops_per_second": 1e9,
+        "op_overhead_seconds": 2e-6}))
+    assert main(["plan", mlp[1], "--cluster", "local:2", "--calibration", str(calib)]) == 0
+    assert "predicted step=" in capsys.readouterr().out
+    calib.write_text("matmul_flops_per_second: -1\n")
+    out = run_cli("plan", mlp[1], "--cluster", "local:2", "--calibration", str(calib))
+    assert_user_error(out, str(calib), "matmul_flops_per_second = -1", "missing")

@@ -71,10 +71,17 @@ def _check_placer(name: str) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     _check_placer(args.placer)                           # bad input fails before TF loads
+    if args.calibration:
+        from tfplace.profile import load_calibration
+        load_calibration(args.calibration)               # a bad file fails before any launch
     with resolve_cluster(args.cluster) as cluster:
         from tfplace.api import load_source, plan_captured
+        calibration = None
+        if args.calibration:                             # scales relative to the cluster's peak
+            calibration = load_calibration(args.calibration,
+                                           device_flops=cluster.devices[0].flops)
         captured = load_source(args.source, **_source_options(args))
-        plan = plan_captured(captured, cluster, placer=args.placer)
+        plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
     print(plan.summary())
     if args.out:
         plan.save(args.out)
@@ -131,7 +138,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             raise
         raise BackendError("`tfplace profile` is not available in this build "
                            "(tfplace/profile.py is missing); reinstall tfplace") from None
-    text = yaml.safe_dump(calibrate(device=args.device), sort_keys=True)
+    text = yaml.safe_dump(calibrate(device=args.device, repeats=args.repeats), sort_keys=True)
     if args.out:
         Path(args.out).write_text(text)
     print(text, end="")
@@ -173,6 +180,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     p.add_argument("--placer", default=DEFAULT_PLACER, help=_placer_help())
     p.add_argument("--out", help="write the plan here (.pbtxt is text, anything else binary)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="cost-model calibration written by `tfplace profile --out FILE`")
     source_options(p)
 
     p = add("rewrite", _cmd_rewrite, "apply a saved plan to SOURCE and write the placed GraphDef")
@@ -196,6 +205,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("profile", _cmd_profile, "measure this machine and print a calibration YAML")
     p.add_argument("--device", help="TF device to measure (default: the first CPU)")
     p.add_argument("--out", help="also write the calibration YAML here")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per figure; the median is reported (default 5)")
 
     add("placers", _cmd_placers, "list the placement algorithms")
     return parser

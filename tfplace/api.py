@@ -42,7 +42,8 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
     """Plan, rewrite and load a captured step; returns the runtime Executor."""
     from tfplace.runtime.executor import Executor
     plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
-    return Executor(captured, rewrite_captured(captured, plan), plan, writeback=writeback)
+    return Executor(captured, rewrite_captured(captured, plan), plan, cluster=cluster,
+                    writeback=writeback)
 
 
 def _signature_key(args: tuple, kwargs: dict) -> Any:

@@ -24,14 +24,15 @@ class Executor:
     the user's variables at the end of every step, so the user's model always sees them."""
 
     def __init__(self, captured: Captured, graph_def: Any, plan: Any, *,
-                 writeback: str = "step") -> None:
+                 cluster: Any = None, writeback: str = "step") -> None:
         import tensorflow as tf
         if writeback not in WRITEBACK_MODES:
             from tfplace.errors import PlanError
             raise PlanError(f"unknown writeback {writeback!r} (valid: {', '.join(WRITEBACK_MODES)})")
         self.captured, self.graph_def, self.plan, self.writeback = captured, graph_def, plan, writeback
+        self.cluster = cluster if cluster is not None else plan.cluster
         devices = tuple(sorted({n.device for n in graph_def.node if n.device}))
-        prepare(plan.cluster, devices)
+        prepare(self.cluster, devices)
         self.pairs: list[tuple[str, Any, Any]] = []
         for vp in plan.variables:
             orig = captured.bindings.get(vp.node)
@@ -87,7 +88,7 @@ class Executor:
             out = self._fn(*flat)
         except (tf.errors.UnavailableError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.DeadlineExceededError) as e:
-            launcher = getattr(self.plan.cluster, "_launcher", None)
+            launcher = getattr(self.cluster, "_launcher", None)
             if launcher is not None:
                 launcher.check()
             raise WorkerLost(f"a worker stopped answering during the step ({type(e).__name__}: "

@@ -52,7 +52,7 @@ def test_cond_and_while_are_kept_whole_and_match(local4, placer):
     for a, b in zip(model.get_weights(), ref_model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     placement = pstep.plan.placement()
-    for n in captured.graph_def.node:
+    for n in pstep.executor.captured.graph_def.node:
         assert n.name in placement          # nothing dropped: every node, incl. If/While, placed
 
 
@@ -73,3 +73,30 @@ def test_capture_records_variables_and_outputs():
 def test_non_callable_is_a_graph_error():
     with pytest.raises(GraphError, match="cannot capture"):
         capture(42, ())
+
+
+def test_gradients_are_marked_even_if_the_step_was_traced_before():
+    (model, step) = models.twin("mlp")[0]
+    x, y = models.data("mlp")
+    step(x, y)                                   # a cached trace without marks exists now
+    c = capture(step, (x, y))
+    assert len(c.gradients) == len(model.trainable_variables)
+    ops = {n.name: n.op for n in c.graph_def.node}
+    assert all(ops[m.node] == "Identity" and not m.sparse for m in c.gradients)
+
+
+def test_sparse_gradients_are_marked_as_slices():
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), keras.layers.Embedding(50, 8),
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x) - y))
+        return tape.gradient(loss, model.trainable_variables)
+    c = capture(step, (np.zeros((4, 5), "int32"), np.zeros((4, 1), "float32")))
+    sparse = [m for m in c.gradients if m.sparse]
+    assert len(sparse) == 1 and sparse[0].dense_shape == (50, 8)

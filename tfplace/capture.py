@@ -48,6 +48,7 @@ class Captured:
     description: str = ""
     example: tuple = ()                          # arguments it was traced with, when known
     keepalive: Any = None                        # objects the bindings depend on (a SavedModel)
+    gradients: tuple[Any, ...] = ()              # GradientMarks, in the order the step made them
 
     def pack_outputs(self, flat: Sequence[Any]) -> Any:
         import tensorflow as tf
@@ -77,7 +78,12 @@ def _concrete(fn: Any, args: tuple, kwargs: dict) -> Any:
     import tensorflow as tf
     if hasattr(fn, "structured_outputs") and hasattr(fn, "graph"):
         return fn                                   # already a ConcreteFunction
-    if not hasattr(fn, "get_concrete_function"):
+    if hasattr(fn, "python_function"):
+        # a fresh trace of the same Python function: a trace cached before tfplace saw the
+        # step would lack the gradient marks
+        fn = tf.function(fn.python_function, input_signature=fn.input_signature,
+                         reduce_retracing=False)
+    elif not hasattr(fn, "get_concrete_function"):
         if not callable(fn):
             raise GraphError(f"cannot capture {fn!r}: pass a tf.function, a concrete function "
                              "or a Keras model")
@@ -92,7 +98,9 @@ def _concrete(fn: Any, args: tuple, kwargs: dict) -> Any:
 def capture(fn: Any, args: tuple = (), kwargs: dict | None = None) -> Captured:
     """Trace ``fn`` with ``args``/``kwargs`` (or its input_signature) into a ``Captured``."""
     import tensorflow as tf
-    cf = _concrete(fn, tuple(args), dict(kwargs or {}))
+    from tfplace.grad_marks import marking_gradients
+    with marking_gradients() as marks:
+        cf = _concrete(fn, tuple(args), dict(kwargs or {}))
     graph = cf.graph
     gd = graph.as_graph_def(add_shapes=True)
     captures = list(graph.captures)
@@ -124,7 +132,8 @@ def capture(fn: Any, args: tuple = (), kwargs: dict | None = None) -> Captured:
     return Captured(graph_def=gd, inputs=arg_names, outputs=outputs,
                     variables=tuple(sorted(variables, key=lambda v: v.node)),
                     bindings=bindings, constants=constants, concrete=cf, input_specs=specs,
-                    description=getattr(fn, "__name__", type(fn).__name__), example=tuple(args))
+                    description=getattr(fn, "__name__", type(fn).__name__), example=tuple(args),
+                    gradients=tuple(marks))
 
 
 def capture_keras_train_step(model: Any, data: Any) -> Captured:

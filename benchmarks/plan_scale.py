@@ -133,7 +133,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--no-resnet", action="store_true")
     args = ap.parse_args()
-    cluster = Cluster.local(4)
+    cluster = Cluster.local(4, configure=False)
     rows: list[tuple[str, int, int, float, int, float]] = []
     sizes = [int(s) for s in args.sizes.split(",")]
     for n in sizes:

@@ -70,7 +70,7 @@ def test_calibration_rejects_bad_scales():
 
 
 def test_transfer_seconds_uses_the_cluster_links():
-    c = Cluster.local(2)
+    c = Cluster.local(2, configure=False)
     a, b = c.names
     assert costs.transfer_seconds(c, a, a, 10**9) == 0.0
     assert costs.transfer_seconds(c, a, b, 10**6) == pytest.approx(5e-6 + 10**6 / 5e9)

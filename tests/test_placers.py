@@ -33,7 +33,7 @@ def chain(n, out_bytes=100):
 
 
 def test_single_and_round_robin():
-    c = Cluster.local(3)
+    c = Cluster.local(3, configure=False)
     dag = chain(5)
     assert set(run("single", dag, c).values()) == {c.names[0]}
     rr = run("round_robin", dag, c)
@@ -41,7 +41,7 @@ def test_single_and_round_robin():
 
 
 def test_m_topo_fills_each_device_to_its_share():
-    c = Cluster.local(4)
+    c = Cluster.local(4, configure=False)
     p = run("m_topo", chain(8), c)                 # need 800 B, share 200 B = two nodes
     assert [c.names.index(p[f"n{i}"]) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]
 
@@ -110,7 +110,7 @@ def variable_graph(n_layers=12, seed=3):
 def test_every_placer_keeps_groups_together_and_fits_memory(name):
     dag = variable_graph()
     need = dag.total_param_bytes + sum(sum(n.out_bytes) for n in dag.nodes)
-    c = Cluster.local(4, memory=need if name == "single" else need // 2)
+    c = Cluster.local(4, memory=need if name == "single" else need // 2, configure=False)
     p = run(name, dag, c)
     assert set(p) == {n.name for n in dag.nodes}
     for g in colocation_groups(dag):
@@ -125,7 +125,7 @@ def test_too_big_a_model_lists_every_device(name):
     dag = OpDag.from_records([dict(name="v", out_bytes=0, out_dtypes=[20],
                                    param_bytes=4 * 2**30),
                               dict(name="r", inputs=["v"], out_bytes=int(1.2 * 2**30))])
-    c = Cluster.local(3, memory=4 * 2**30)
+    c = Cluster.local(3, memory=4 * 2**30, configure=False)
     with pytest.raises(PlanError) as e:
         run(name, dag, c)
     msg = str(e.value)
@@ -147,7 +147,7 @@ def test_m_etf_scales_linearly_enough_for_a_quick_check():
                              out_bytes=4096, flops=1e6))
         prev = cur
     dag = OpDag.from_records(recs)
-    p = run("m_etf", dag, Cluster.local(4))
+    p = run("m_etf", dag, Cluster.local(4, configure=False))
     assert len(p) == 2000 and len(set(p.values())) > 1
 
 
@@ -163,6 +163,6 @@ def test_early_variable_reads_do_not_exhaust_memory(name):
                  dict(name=f"h{i}", op="MatMul", inputs=[f"h{i-1}" if i else "x", f"r{i}"],
                       out_bytes=1000, flops=1e6)]
     dag = OpDag.from_records(recs)
-    c = Cluster.local(1, memory=10 * 100 + 4000)
+    c = Cluster.local(1, memory=10 * 100 + 4000, configure=False)
     p = run(name, dag, c)
     assert device_peaks(dag, p, c)[c.names[0]][1] <= 10 * 100 + 4000

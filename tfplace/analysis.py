@@ -191,6 +191,8 @@ def _record_nodes(records: Iterable[Mapping[str, Any]]) -> list[OpNode]:
 
 
 def _kahn(nodes: Sequence[OpNode], raw_preds: list[list[int]]) -> list[int]:
+    if all(j < i for i, ps in enumerate(raw_preds) for j in ps):
+        return list(range(len(nodes)))            # already topological: Kahn would keep it
     indeg = [len(p) for p in raw_preds]             # multi-edges count once per occurrence
     succs: list[list[int]] = [[] for _ in nodes]
     for i, ps in enumerate(raw_preds):

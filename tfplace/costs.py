@@ -182,8 +182,8 @@ class Calibration:
 
     flops_per_second_scale: tuple[tuple[str, float], ...] = ()
     overhead_seconds: float = 5e-6
-    _scales: dict[str, float] = field(default_factory=dict, compare=False, repr=False,
-                                      hash=False)
+    _scales: dict[str, float] = field(default_factory=dict, init=False, compare=False,
+                                      repr=False, hash=False)
 
     def __post_init__(self) -> None:
         raw: Any = self.flops_per_second_scale

@@ -11,9 +11,10 @@ KINDS = ("mlp", "cnn", "transformer")
 
 def _check_placement_is_real(step) -> None:
     ex = step.executor
-    for vp, (_node, orig, placed) in zip(ex.plan.variables, ex.pairs):
-        assert placed.device.endswith(vp.device.split("/job:localhost/replica:0/task:0")[-1])
-    assert len({vp.device for vp in ex.plan.variables}) >= 1
+    placed_on = {node: placed.device for node, _orig, placed in ex.pairs}
+    assert set(placed_on) == {vp.node for vp in ex.plan.variables}
+    for vp in ex.plan.variables:
+        assert placed_on[vp.node].endswith(vp.device.split("/job:localhost/replica:0/task:0")[-1])
 
 
 @pytest.mark.parametrize("placer", ["m_etf", "round_robin"])

@@ -18,6 +18,16 @@ def _same_device(a: str, b: str) -> bool:
     return canon(a) == canon(b)
 
 
+def _base_name(node: str) -> str:
+    """'tfplace_r3/dense/kernel' -> 'dense/kernel': the captured node a replica copy stands for."""
+    head, sep, rest = node.partition("/")
+    return rest if sep and head.startswith("tfplace_r") and head[9:].isdigit() else node
+
+
+def _is_primary(node: str) -> bool:
+    return node == _base_name(node) or node.startswith("tfplace_r0/")
+
+
 class Executor:
     """Runs one rewritten step. Variables the plan moves are created on their device once,
     initialised from the user's variable; ``writeback="step"`` copies their new values back to
@@ -33,22 +43,40 @@ class Executor:
         self.cluster = cluster if cluster is not None else plan.cluster
         devices = tuple(sorted({n.device for n in graph_def.node if n.device}))
         prepare(self.cluster, devices)
-        self.pairs: list[tuple[str, Any, Any]] = []
-        for vp in plan.variables:
-            orig = captured.bindings.get(vp.node)
+        self.pairs: list[tuple[str, Any, Any]] = []      # (placeholder, user's var, placed var)
+        self.constants: list[tuple[str, Any]] = []
+        for node in graph_def.node:
+            if node.op != "Placeholder" or node.name in captured.inputs:
+                continue
+            base = _base_name(node.name)
+            if base in captured.constants:
+                self.constants.append((node.name, captured.constants[base]))
+                continue
+            orig = captured.bindings.get(base)
             if orig is None:
-                raise GraphError(f"plan places variable {vp.name!r} (node {vp.node!r}) that the "
-                                 "captured step does not use; re-plan this step")
-            if _same_device(orig.device, vp.device):
+                raise GraphError(f"placeholder {node.name!r} of the rewritten graph is neither an "
+                                 "argument, a captured constant nor a variable of the step")
+            if _same_device(orig.device, node.device) and _is_primary(node.name):
                 placed = orig
             else:
-                with tf.device(vp.device):
+                with tf.device(node.device):
                     placed = tf.Variable(orig.read_value(), trainable=orig.trainable,
-                                         name=vp.name.replace("/", "_") + "_tfplace")
-            self.pairs.append((vp.node, orig, placed))
+                                         name=base.replace("/", "_") + "_tfplace")
+            self.pairs.append((node.name, orig, placed))
         self._consumers = self._resource_consumers()
-        specs = list(captured.input_specs)
-        self._fn = tf.function(self._body, input_signature=specs or None)
+        self._fn = tf.function(self._body, input_signature=self._input_specs())
+
+    def _input_specs(self) -> list[Any]:
+        """The arguments' specs, read off the rewritten graph (global shapes after replication)."""
+        import tensorflow as tf
+        nodes = {n.name: n for n in self.graph_def.node}
+        specs = []
+        for name in self.captured.inputs:
+            attr = nodes[name].attr
+            shape = None if attr["shape"].shape.unknown_rank else \
+                [d.size if d.size >= 0 else None for d in attr["shape"].shape.dim]
+            specs.append(tf.TensorSpec(shape, tf.dtypes.as_dtype(attr["dtype"].type), name=name))
+        return specs
 
     def _resource_consumers(self) -> list[str]:
         moved = {node for node, orig, placed in self.pairs if placed is not orig}
@@ -65,7 +93,7 @@ class Executor:
         input_map = {f"{name}:0": t for name, t in zip(c.inputs, flat)}
         for node, _orig, placed in self.pairs:
             input_map[f"{node}:0"] = g.capture(placed.handle)
-        for node, const in c.constants.items():
+        for node, const in self.constants:
             input_map[f"{node}:0"] = g.capture(const)
         wanted = list(c.outputs) + self._consumers
         got = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
@@ -75,7 +103,8 @@ class Executor:
         if self.writeback == "step":
             with tf.control_dependencies(consumer_ops):
                 copies = [orig.assign(placed.read_value(), read_value=False)
-                          for _node, orig, placed in self.pairs if placed is not orig]
+                          for node, orig, placed in self.pairs
+                          if placed is not orig and _is_primary(node)]
             if copies:
                 with tf.control_dependencies(copies):
                     outputs = [tf.identity(o) for o in outputs]
@@ -97,9 +126,9 @@ class Executor:
         return self.captured.pack_outputs(out)
 
     def write_back(self) -> None:
-        """Copy the placed variables' values into the user's variables."""
-        for _node, orig, placed in self.pairs:
-            if placed is not orig:
+        """Copy the placed variables' values (replica 0's) into the user's variables."""
+        for node, orig, placed in self.pairs:
+            if placed is not orig and _is_primary(node):
                 orig.assign(placed.read_value())
 
     def refresh(self) -> None:

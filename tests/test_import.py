@@ -13,8 +13,8 @@ assert not heavy, heavy
 assert tfplace.__version__ == '0.1.0'
 from tfplace import Cluster, Plan, PlanError, ClusterError, GraphError, WorkerLost, TfplaceError
 assert issubclass(PlanError, TfplaceError) and tfplace.errors.bullets
-c = Cluster.local(2)
-assert 'tensorflow' not in sys.modules, 'Cluster.local imported tensorflow'
+c = Cluster.local(2, configure=False)     # the pure value; configure=True sets up TF devices
+assert 'tensorflow' not in sys.modules, 'Cluster.local(configure=False) imported tensorflow'
 print('ok')
 """
 

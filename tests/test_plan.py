@@ -1,11 +1,14 @@
 """The Plan value: proto round trip, byte-identical serialisation, save/load and the summary."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tfplace.cluster import Cluster, Device, Link
 from tfplace.errors import PlanError
-from tfplace.plan import CutEdge, DeviceUsage, OpPlacement, Plan, VariablePlacement
+from tfplace.plan import (Bucket, CutEdge, DeviceUsage, GradientSyncPlan, OpPlacement, Plan,
+                          VariablePlacement)
 from tfplace.planio import load_plan, save_plan, summary_table
 
 D0 = "/job:localhost/replica:0/task:0/device:CPU:0"
@@ -84,3 +87,48 @@ def test_summary_table() -> None:
     assert [c.split()[0] for c in cut_lines] == ["t6:0", "t5:0", "t4:0", "t3:0", "t2:0"]
     var_lines = lines[lines.index("variables: 3") + 1:]
     assert var_lines[0].split()[:3] == [D0, "2", "vars"] and var_lines[1].split()[:2] == [D1, "1"]
+
+
+def dp_plan() -> Plan:
+    base = small_plan()
+    return dataclasses.replace(
+        base, replicas=((D0,), (D1,)),
+        sync=GradientSyncPlan(method="ring", backend="tf", replicas=2, fusion_bytes=4 * MIB,
+                              reason=REASON, costs=(("ps", 0.0673), ("ring", 0.0170)),
+                              exposed_seconds=0.007),
+        buckets=(Bucket(("grad/dense_1/kernel", "grad/dense/bias"), 2 * MIB + 4096),
+                 Bucket(("grad/dense/kernel",), 4 * MIB)))
+
+
+REASON = ("ring: 2(N-1)/N·B/bw + 2(N-1)·lat = 17.0 ms  <  ps: 2·N·B/(S·bw) + 2·lat = 67.3 ms  "
+          "[N=2, S=1, B=16.00 MiB, bw=1.00 GB/s, lat=100 us]")
+
+
+def test_data_parallel_plan_round_trips_byte_for_byte(tmp_path) -> None:
+    p = dp_plan()
+    assert p.num_replicas == 2 and small_plan().num_replicas == 1
+    assert Plan.from_bytes(p.to_bytes()) == p
+    assert Plan.from_bytes(p.to_bytes()).to_bytes() == p.to_bytes() == dp_plan().to_bytes()
+    assert p.to_bytes() != small_plan().to_bytes()
+    for name in ("dp.pbtxt", "dp.pb"):
+        save_plan(p, tmp_path / name)
+        assert load_plan(tmp_path / name) == p
+    # A plan without sync keeps sync None (not an empty GradientSync) through the round trip.
+    assert Plan.from_bytes(small_plan().to_bytes()).sync is None
+    empty = dataclasses.replace(small_plan(), sync=GradientSyncPlan("", "", 0, 0, ""))
+    assert Plan.from_bytes(empty.to_bytes()) == empty
+
+
+def test_data_parallel_summary() -> None:
+    text = dp_plan().summary()
+    assert "tfplace plan" in text and "data parallel" not in small_plan().summary()
+    lines = text[text.index("data parallel:"):].splitlines()
+    assert lines == [
+        "data parallel: 2 replicas",
+        f"  replica 0: {D0}",
+        f"  replica 1: {D1}",
+        "sync: ring (backend tf, 2 replicas)  fusion=4.00 MiB  exposed=7.000 ms",
+        f"  why: {REASON}",
+        "  predicted: ps=67.300 ms  ring=17.000 ms",
+        "buckets: 2 (6.00 MiB total, largest 4.00 MiB)",
+    ]

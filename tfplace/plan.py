@@ -6,7 +6,8 @@ from typing import Any
 
 from tfplace.cluster import Cluster
 
-__all__ = ["OpPlacement", "VariablePlacement", "CutEdge", "DeviceUsage", "Plan", "FORMAT_VERSION"]
+__all__ = ["OpPlacement", "VariablePlacement", "CutEdge", "DeviceUsage", "GradientSyncPlan",
+           "Bucket", "Plan", "FORMAT_VERSION"]
 
 FORMAT_VERSION = "tfplace.plan/1"
 
@@ -47,6 +48,25 @@ class DeviceUsage:
 
 
 @dataclass(frozen=True)
+class GradientSyncPlan:
+    """How the replicas' gradients are synced, and the predicted costs that chose it."""
+
+    method: str                   # ring | ps | hierarchical
+    backend: str                  # tf | horovod
+    replicas: int
+    fusion_bytes: int
+    reason: str                   # one line: each method's formula and figure, cheapest first
+    costs: tuple[tuple[str, float], ...] = ()     # (method, seconds), by name
+    exposed_seconds: float = 0.0  # the chosen method's seconds not hidden behind backward
+
+
+@dataclass(frozen=True)
+class Bucket:
+    gradients: tuple[str, ...]    # gradient tensors fused into one sync, in production order
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Plan:
     cluster: Cluster
     placer: str
@@ -56,6 +76,9 @@ class Plan:
     usage: tuple[DeviceUsage, ...] = ()
     predicted_step_seconds: float = 0.0
     graph_fingerprint: str = ""
+    replicas: tuple[tuple[str, ...], ...] = ()   # data parallelism: each replica's devices
+    sync: GradientSyncPlan | None = None
+    buckets: tuple[Bucket, ...] = ()
 
     # -- queries ------------------------------------------------------------------------------
     def placement(self) -> dict[str, str]:
@@ -76,6 +99,10 @@ class Plan:
     def cut_bytes(self) -> int:
         return sum(e.bytes for e in self.cut_edges)
 
+    @property
+    def num_replicas(self) -> int:
+        return max(1, len(self.replicas))
+
     # -- proto --------------------------------------------------------------------------------
     def to_proto(self) -> Any:
         from tfplace._pb import plan_pb2
@@ -94,6 +121,15 @@ class Plan:
                                             param_bytes=u.param_bytes, peak_bytes=u.peak_bytes,
                                             capacity_bytes=u.capacity_bytes,
                                             busy_seconds=u.busy_seconds) for u in self.usage)
+        p.replicas.extend(plan_pb2.Replica(devices=list(r)) for r in self.replicas)
+        if self.sync is not None:
+            s = self.sync
+            p.sync.CopyFrom(plan_pb2.GradientSync(
+                method=s.method, backend=s.backend, replicas=s.replicas,
+                fusion_bytes=s.fusion_bytes, reason=s.reason, exposed_seconds=s.exposed_seconds,
+                costs=[plan_pb2.SyncCost(method=m, seconds=c) for m, c in s.costs]))
+        p.buckets.extend(plan_pb2.Bucket(gradients=list(b.gradients), bytes=b.bytes)
+                         for b in self.buckets)
         return p
 
     @classmethod
@@ -114,7 +150,10 @@ class Plan:
                                            int(u.capacity_bytes), float(u.busy_seconds))
                                for u in p.usage),
                    predicted_step_seconds=float(p.predicted_step_seconds),
-                   graph_fingerprint=p.graph_fingerprint)
+                   graph_fingerprint=p.graph_fingerprint,
+                   replicas=tuple(tuple(r.devices) for r in p.replicas),
+                   sync=_sync_from_proto(p.sync) if p.HasField("sync") else None,
+                   buckets=tuple(Bucket(tuple(b.gradients), int(b.bytes)) for b in p.buckets))
 
     def to_bytes(self) -> bytes:
         return bytes(self.to_proto().SerializeToString(deterministic=True))
@@ -139,3 +178,10 @@ class Plan:
     def summary(self) -> str:
         from tfplace.planio import summary_table
         return summary_table(self)
+
+
+def _sync_from_proto(s: Any) -> GradientSyncPlan:
+    return GradientSyncPlan(method=s.method, backend=s.backend, replicas=int(s.replicas),
+                            fusion_bytes=int(s.fusion_bytes), reason=s.reason,
+                            costs=tuple((c.method, float(c.seconds)) for c in s.costs),
+                            exposed_seconds=float(s.exposed_seconds))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tfplace.errors import PlanError
 
 if TYPE_CHECKING:
-    from tfplace.plan import Plan
+    from tfplace.plan import GradientSyncPlan, Plan
 
 __all__ = ["save_plan", "load_plan", "summary_table", "is_text_path"]
 
@@ -120,4 +120,21 @@ def summary_table(plan: "Plan") -> str:
     for name in order:
         sizes = per_device[name]
         lines.append(f"  {name:<{width}}  {len(sizes):>5} vars  {_mib(sum(sizes)):>9} MiB")
+    if plan.sync is not None:
+        lines += [""] + _data_parallel_lines(plan, plan.sync)
     return "\n".join(lines)
+
+
+def _data_parallel_lines(plan: "Plan", sync: "GradientSyncPlan") -> list[str]:
+    """Replicas, the sync method with the cost figures that chose it, and the gradient buckets."""
+    lines = [f"data parallel: {plan.num_replicas} replicas"]
+    lines += [f"  replica {i}: {', '.join(devices)}" for i, devices in enumerate(plan.replicas)]
+    lines.append(f"sync: {sync.method} (backend {sync.backend}, {sync.replicas} replicas)  "
+                 f"fusion={_human(sync.fusion_bytes)}  exposed={sync.exposed_seconds * 1e3:.3f} ms")
+    lines.append(f"  why: {sync.reason}")
+    if sync.costs:
+        lines.append("  predicted: " + "  ".join(f"{m}={c * 1e3:.3f} ms" for m, c in sync.costs))
+    total = sum(b.bytes for b in plan.buckets)
+    largest = max((b.bytes for b in plan.buckets), default=0)
+    lines.append(f"buckets: {len(plan.buckets)} ({_human(total)} total, largest {_human(largest)})")
+    return lines

@@ -1,0 +1,216 @@
+"""The sync cost model, by hand-computed value: formulas, the auto choice, buckets, fusion size."""
+from __future__ import annotations
+
+import pytest
+
+from tfplace.cluster import Cluster, Device, Task, grpc_cluster, local_device_name
+from tfplace.errors import PlanError
+from tfplace.plan import Bucket, GradientSyncPlan
+from tfplace.replicas import replica_groups
+from tfplace.sync_cost import (MAX_FUSION_BYTES, MIN_FUSION_BYTES, SYNC_CHOICES, SYNC_METHODS,
+                               choose_sync, default_fusion_bytes, gradient_sync_plan,
+                               hierarchical_seconds, make_buckets, plan_buckets, ps_seconds,
+                               ring_seconds)
+
+MIB = 2**20
+GB = 1e9           # bytes/s
+LAT = 1e-4         # s
+
+
+def exact(x: float) -> object:
+    return pytest.approx(x, rel=1e-12, abs=0.0)
+
+
+def flat(n: int, bandwidth: float = GB, latency: float = LAT) -> Cluster:
+    """n devices of one process joined by uniform links."""
+    return Cluster(devices=tuple(Device(local_device_name(i)) for i in range(n)),
+                   default_bandwidth=bandwidth, default_latency=latency)
+
+
+def one_per_device(c: Cluster) -> tuple[tuple[str, ...], ...]:
+    return replica_groups(c, "auto")
+
+
+# -- formulas -----------------------------------------------------------------------------------
+def test_ring_seconds() -> None:
+    # 2(n-1)/n·B/bw + 2(n-1)·lat
+    assert ring_seconds(1, 10**9, GB, LAT) == 0.0
+    assert ring_seconds(2, 10**6, GB, LAT) == exact(1e-3 + 2e-4)           # 1·B/bw + 2·lat
+    assert ring_seconds(4, 16 * 10**6, GB, LAT) == exact(0.024 + 6e-4)     # 1.5·B/bw + 6·lat
+    assert ring_seconds(4, 0, GB, LAT) == exact(6e-4)
+
+
+def test_ps_seconds_dedicated_and_colocated() -> None:
+    b = 16 * 10**6                                                # B/bw = 16 ms
+    # dedicated: 2·max(n, S)·B/(S·bw) + 2·lat
+    assert ps_seconds(4, b, GB, LAT, 1) == exact(0.128 + 2e-4)    # 8·B/bw
+    assert ps_seconds(4, b, GB, LAT, 2) == exact(0.064 + 2e-4)    # 4·B/bw
+    assert ps_seconds(4, b, GB, LAT, 8) == exact(0.032 + 2e-4)    # S > n: the worker's 2·B/bw
+    assert ps_seconds(2, b, GB, LAT, 2, colocated=False) == exact(0.032 + 2e-4)
+    # colocated (default when S == n): 2(n-1)·B/(S·bw) + 2·lat
+    assert ps_seconds(4, b, GB, LAT, 4) == exact(0.024 + 2e-4)    # 1.5·B/bw
+    assert ps_seconds(2, b, GB, LAT, 2) == exact(0.016 + 2e-4)    # B/bw, as the 2-node ring
+    assert ps_seconds(4, b, GB, LAT, 2, colocated=True) == exact(0.048 + 2e-4)
+    assert ps_seconds(1, b, GB, LAT, 1) == 0.0
+    with pytest.raises(PlanError, match="5 colocated PS shards need at least as many workers"):
+        ps_seconds(4, b, GB, LAT, 5, colocated=True)
+
+
+def test_hierarchical_seconds() -> None:
+    b = 16 * 10**6
+    # 2·[(d-1)/d·B/bw_in + (d-1)·lat_in] + 2(W-1)/W·B/bw + 2(W-1)·lat
+    within = 0.5 * b / 5e9 + 5e-6                                  # 1.605 ms
+    assert hierarchical_seconds(2, 2, b, 5e9, 5e-6, GB, LAT) == exact(2 * within + 0.016 + 2e-4)
+    assert hierarchical_seconds(2, 1, b, 5e9, 5e-6, GB, LAT) == exact(ring_seconds(2, b, GB, LAT))
+    assert hierarchical_seconds(1, 4, b, 5e9, 5e-6, GB, LAT) == exact(2 * (0.75 * b / 5e9 + 15e-6))
+
+
+def test_formula_input_errors() -> None:
+    with pytest.raises(PlanError, match="n=0 must be an int >= 1"):
+        ring_seconds(0, 1, GB, LAT)
+    with pytest.raises(PlanError, match="bandwidth must be > 0"):
+        ring_seconds(2, 1, 0.0, LAT)
+    with pytest.raises(PlanError, match="shards=0 must be an int >= 1"):
+        ps_seconds(2, 1, GB, LAT, 0)
+
+
+# -- the choice ---------------------------------------------------------------------------------
+def test_reason_string_and_decision() -> None:
+    c = flat(2)
+    d = choose_sync(one_per_device(c), c, 16 * MIB, ps_shards=1, backward_seconds=0.01)
+    ring, ps = 16 * MIB / GB + 2 * LAT, 4 * 16 * MIB / GB + 2 * LAT   # 16.98 ms, 67.31 ms
+    assert d.method == "ring"
+    assert d.costs == (("ps", exact(ps)), ("ring", exact(ring)))
+    assert d.seconds == exact(ring)
+    assert d.exposed_seconds == exact(ring - 0.01)
+    assert d.reason == ("ring: 2(N-1)/N·B/bw + 2(N-1)·lat = 17.0 ms  <  "
+                        "ps: 2·N·B/(S·bw) + 2·lat = 67.3 ms  "
+                        "[N=2, S=1, B=16.00 MiB, bw=1.00 GB/s, lat=100 us]")
+    assert choose_sync(one_per_device(c), c, 16 * MIB, backward_seconds=1.0).exposed_seconds == 0
+
+
+def test_requested_method_is_honoured_with_every_cost() -> None:
+    c = flat(2)
+    d = choose_sync(one_per_device(c), c, 16 * MIB, ps_shards=1, requested="ps")
+    assert d.method == "ps" and [m for m, _ in d.costs] == ["ps", "ring"]
+    assert d.reason.startswith("ps (requested); ring: ")
+    assert d.exposed_seconds == exact(4 * 16 * MIB / GB + 2 * LAT)
+
+
+def test_ties_go_to_ring() -> None:
+    # N=2 with a colocated shard per replica: ring and ps both cost B/bw + 2·lat.
+    c = flat(2)
+    d = choose_sync(one_per_device(c), c, 10**6)
+    assert d.method == "ring"
+    assert d.reason.startswith("ring: 2(N-1)/N·B/bw + 2(N-1)·lat = 1.2 ms  =  "
+                               "ps: 2(N-1)·B/(S·bw) + 2·lat = 1.2 ms  [N=2, S=2,")
+
+
+@pytest.mark.parametrize("n, nbytes, bandwidth, latency, shards, method", [
+    # bytes: ring = 1.5·B/bw + 6·lat, ps(S=1) = 8·B/bw + 2·lat; equal at B = 61.5 kB
+    (4, 10_000, GB, LAT, 1, "ps"),          # 0.615 ms vs 0.28 ms
+    (4, 10**6, GB, LAT, 1, "ring"),         # 2.1 ms vs 8.2 ms
+    # bandwidth, B = 100 kB
+    (4, 100_000, GB, LAT, 1, "ring"),       # 0.75 ms vs 1.0 ms
+    (4, 100_000, 10 * GB, LAT, 1, "ps"),    # 0.615 ms vs 0.28 ms
+    # N, B/bw = 0.1 ms, lat = 1 ms
+    (2, 100_000, GB, 1e-3, 1, "ring"),      # 2.1 ms vs 2.4 ms
+    (4, 100_000, GB, 1e-3, 1, "ps"),        # 6.15 ms vs 2.8 ms
+    # colocated shards (the default): N=2 ties (ring), N=4 pays 2 latencies instead of 6
+    (2, 10**6, GB, LAT, None, "ring"),      # 1.2 ms vs 1.2 ms
+    (4, 10**6, GB, LAT, None, "ps"),        # 2.1 ms vs 1.7 ms
+])
+def test_auto_flips_between_ring_and_ps(n: int, nbytes: int, bandwidth: float, latency: float,
+                                        shards: int | None, method: str) -> None:
+    c = flat(n, bandwidth, latency)
+    d = choose_sync(one_per_device(c), c, nbytes, ps_shards=shards)
+    assert d.method == method
+    s = n if shards is None else shards
+    costs = dict(d.costs)
+    assert costs["ring"] == exact(ring_seconds(n, nbytes, bandwidth, latency))
+    assert costs["ps"] == exact(ps_seconds(n, nbytes, bandwidth, latency, s))
+    assert "hierarchical" not in costs
+
+
+def test_hierarchical_across_grpc_workers() -> None:
+    # 2 tasks x 2 devices: 5 GB/s, 5 us inside a task; 1 GB/s, 100 us across (grpc_cluster).
+    c = grpc_cluster([Task("worker", i, f"localhost:{3000 + i}") for i in range(2)], 2)
+    b = 16 * MIB
+    d = choose_sync(replica_groups(c, 4), c, b)
+    hier = 2 * (0.5 * b / 5e9 + 5e-6) + b / GB + 2 * LAT          # 20.34 ms
+    ps = 2 * 3 * b / (4 * GB) + 2 * LAT                           # 25.37 ms
+    ring = 1.5 * b / GB + 6 * LAT                                  # 25.77 ms
+    assert d.costs == (("hierarchical", exact(hier)), ("ps", exact(ps)), ("ring", exact(ring)))
+    assert d.method == "hierarchical"
+    assert d.reason == (
+        "hierarchical: 2(d-1)/d·B/bw_in + 2(d-1)·lat_in + 2(W-1)/W·B/bw + 2(W-1)·lat = 20.3 ms"
+        "  <  ps: 2(N-1)·B/(S·bw) + 2·lat = 25.4 ms"
+        "  <  ring: 2(N-1)/N·B/bw + 2(N-1)·lat = 25.8 ms"
+        "  [N=4, S=4, B=16.00 MiB, bw=1.00 GB/s, lat=100 us, W=2 d=2 bw_in=5.00 GB/s lat_in=5 us]")
+    # One replica per task: nothing to reduce inside a task, so hierarchical is not weighed ...
+    assert [m for m, _ in choose_sync(replica_groups(c, 2), c, b).costs] == ["ps", "ring"]
+    # ... nor on one task, unless asked for.
+    local = flat(4)
+    assert [m for m, _ in choose_sync(one_per_device(local), local, b).costs] == ["ps", "ring"]
+    asked = choose_sync(one_per_device(local), local, b, requested="hierarchical")
+    assert asked.method == "hierarchical"
+    assert dict(asked.costs)["hierarchical"] == exact(2 * (0.75 * b / GB + 3 * LAT))
+
+
+def test_ring_uses_the_slowest_link() -> None:
+    c = grpc_cluster([Task("worker", i, f"localhost:{3000 + i}") for i in range(2)], 2)
+    d = choose_sync(replica_groups(c, 2), c, 10**6)      # one replica per task: 1 GB/s, 100 us
+    assert dict(d.costs)["ring"] == exact(1e-3 + 2e-4)
+
+
+def test_unknown_method_and_bad_input() -> None:
+    assert SYNC_METHODS == ("ring", "ps", "hierarchical")
+    assert SYNC_CHOICES == ("ring", "ps", "hierarchical", "auto")
+    c = flat(2)
+    with pytest.raises(PlanError) as e:
+        choose_sync(one_per_device(c), c, 100, requested="allreduce")
+    assert str(e.value) == ("unknown sync method 'allreduce'; choose one of "
+                            "ring, ps, hierarchical, auto")
+    with pytest.raises(PlanError, match="at least one non-empty replica group"):
+        choose_sync((), c, 100)
+    with pytest.raises(PlanError, match="must be >= 0"):
+        choose_sync(one_per_device(c), c, -1)
+
+
+def test_gradient_sync_plan_records_the_decision() -> None:
+    c = flat(2)
+    d = choose_sync(one_per_device(c), c, 16 * MIB, ps_shards=1)
+    assert gradient_sync_plan(d, replicas=2, fusion_bytes=4 * MIB) == GradientSyncPlan(
+        method="ring", backend="tf", replicas=2, fusion_bytes=4 * MIB, reason=d.reason,
+        costs=d.costs, exposed_seconds=d.exposed_seconds)
+
+
+# -- buckets and fusion size --------------------------------------------------------------------
+def test_plan_buckets() -> None:
+    assert plan_buckets([], 8) == ()
+    assert plan_buckets([4, 4, 4], 8) == ((0, 1), (2,))
+    assert plan_buckets([4, 4, 4], 12) == ((0, 1, 2),)
+    assert plan_buckets([3, 10, 2, 2, 2], 6) == ((0,), (1,), (2, 3, 4))   # 10 > 6 alone
+    assert plan_buckets([5, 2, 9, 1], 8) == ((0, 1), (2,), (3,))
+    assert plan_buckets([1, 1, 1, 1], 1) == ((0,), (1,), (2,), (3,))
+    with pytest.raises(PlanError, match="fusion_bytes=0 must be an int >= 1"):
+        plan_buckets([1], 0)
+    with pytest.raises(PlanError, match=r"negative at indices \[1\]"):
+        plan_buckets([1, -2], 4)
+
+
+def test_make_buckets_names_gradients() -> None:
+    assert make_buckets(["g2", "g1", "g0"], [4, 4, 4], 8) == (Bucket(("g2", "g1"), 8),
+                                                             Bucket(("g0",), 4))
+    with pytest.raises(PlanError, match="2 gradient names but 3 sizes"):
+        make_buckets(["a", "b"], [1, 2, 3], 8)
+
+
+def test_default_fusion_bytes() -> None:
+    # F = clamp(ceil(10·n·lat·bw), 1 MiB, 64 MiB), <= total_bytes, >= 1
+    assert default_fusion_bytes(4, GB, LAT, 10**9) == 4_000_000
+    assert default_fusion_bytes(2, 1e8, 1e-2, 10**9) == 20_000_000
+    assert default_fusion_bytes(4, 5e9, 5e-6, 10**9) == MIN_FUSION_BYTES == 2**20   # 1 MB
+    assert default_fusion_bytes(8, GB, 1e-3, 10**9) == MAX_FUSION_BYTES == 64 * 2**20  # 80 MB
+    assert default_fusion_bytes(4, GB, LAT, 500_000) == 500_000
+    assert default_fusion_bytes(4, GB, LAT, 0) == 1

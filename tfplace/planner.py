@@ -95,7 +95,7 @@ def _make_plan(dag: OpDag, cluster: Cluster, *, placer: str, variables: Sequence
         (VariablePlacement(node=v.node, name=str(v.name), device=placement[v.node],
                            bytes=int(v.nbytes), shape=_shape(v.shape), dtype=str(v.dtype))
          for v in variables), key=lambda v: (v.node, v.name)))
-    return Plan(cluster=cluster.without_runtime(), placer=placer,
+    return Plan(cluster=cluster, placer=placer,
                 ops=tuple(OpPlacement(name, placement[name]) for name in sorted(placement)),
                 variables=var_placements, cut_edges=cut_edges(dag, placement), usage=usage,
                 predicted_step_seconds=simulate(dag, placement, cluster, calibration),

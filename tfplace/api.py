@@ -34,14 +34,30 @@ def rewrite_captured(captured: Captured, plan: Plan) -> Any:
     if plan.graph_fingerprint and plan.graph_fingerprint != fp:
         raise PlanError(f"the plan was made for graph {plan.graph_fingerprint} but this graph is "
                         f"{fp}; re-plan it (tfplace plan SOURCE --out plan.pbtxt)")
-    return rewrite(captured.graph_def, plan)
+    placed = rewrite(captured.graph_def, plan)
+    if plan.num_replicas > 1:
+        from tfplace.data_parallel import replication_spec
+        from tfplace.rewrite import replicate
+        placed = replicate.apply(placed, replication_spec(plan, captured))
+    return placed
 
 
 def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
-                 writeback: str = "step", calibration: Any = None) -> Any:
-    """Plan, rewrite and load a captured step; returns the runtime Executor."""
+                 writeback: str = "step", calibration: Any = None,
+                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
+                 fusion_bytes: int | None = None) -> Any:
+    """Plan, rewrite and load a captured step; returns the runtime Executor.
+
+    With ``data_parallel`` > 1 the step must have been captured on ONE replica's share of the
+    batch (see ``data_parallel.shard_args``); the executor then takes the global batch."""
     from tfplace.runtime.executor import Executor
-    plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
+    if data_parallel == 1:
+        plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
+    else:
+        from tfplace.data_parallel import plan_data_parallel
+        plan = plan_data_parallel(captured, cluster, replicas=data_parallel, placer=placer,
+                                  sync=sync, backend=sync_backend, fusion_bytes=fusion_bytes,
+                                  calibration=calibration)
     return Executor(captured, rewrite_captured(captured, plan), plan, cluster=cluster,
                     writeback=writeback)
 
@@ -60,12 +76,18 @@ class ParallelFunction:
     """A training step run through tfplace; call it like the original step."""
 
     def __init__(self, fn: Callable[..., Any], *, cluster: Cluster, placer: str = "m_etf",
-                 writeback: str = "step", calibration: Any = None) -> None:
+                 writeback: str = "step", calibration: Any = None, data_parallel: Any = 1,
+                 sync: str = "auto", sync_backend: str = "tf",
+                 fusion_bytes: int | None = None) -> None:
         from tfplace.placers import get_placer
+        from tfplace.replicas import replica_count
         get_placer(placer)                      # fail fast on an unknown name
         self.python_function = fn
         self.cluster, self.placer, self.writeback = cluster, placer, writeback
         self.calibration = calibration
+        self.data_parallel = replica_count(cluster, data_parallel)
+        self.sync_options = {"sync": sync, "sync_backend": sync_backend,
+                             "fusion_bytes": fusion_bytes}
         self._executors: dict[Any, Any] = {}
         self._last: Any = None
         functools.update_wrapper(self, fn)
@@ -74,9 +96,13 @@ class ParallelFunction:
         key = _signature_key(args, kwargs)
         ex = self._executors.get(key)
         if ex is None:
+            if self.data_parallel > 1:
+                from tfplace.data_parallel import shard_args
+                (args, kwargs), _ = shard_args((args, kwargs), self.data_parallel)
             captured = capture(self.python_function, args, kwargs)
             ex = compile_step(captured, self.cluster, placer=self.placer,
-                              writeback=self.writeback, calibration=self.calibration)
+                              writeback=self.writeback, calibration=self.calibration,
+                              data_parallel=self.data_parallel, **self.sync_options)
             self._executors[key] = ex
         self._last = ex
         return ex
@@ -112,16 +138,20 @@ class ParallelFunction:
 
 
 def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
-                placer: str = "m_etf", writeback: str = "step",
-                calibration: Any = None) -> Any:
+                placer: str = "m_etf", writeback: str = "step", calibration: Any = None,
+                data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
+                fusion_bytes: int | None = None) -> Any:
     """Decorator (or call) that runs a training step statically placed on ``cluster``.
 
     ``writeback="step"`` keeps the user's variables current after every step; ``"manual"``
     leaves the trained values on their devices until ``step.write_back()``.
+    ``data_parallel=N`` (or ``"auto"``) runs N synchronous replicas on the global batch the
+    caller passes; ``sync`` is ``"ring" | "ps" | "hierarchical" | "auto"``.
     """
     def wrap(f: Callable[..., Any]) -> ParallelFunction:
         return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,
-                                calibration=calibration)
+                                calibration=calibration, data_parallel=data_parallel,
+                                sync=sync, sync_backend=sync_backend, fusion_bytes=fusion_bytes)
     return wrap if fn is None else wrap(fn)
 
 

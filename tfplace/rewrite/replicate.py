@@ -23,8 +23,9 @@ SCOPE = "tfplace_sync"
 class ReplicationSpec:
     groups: tuple[tuple[str, ...], ...]       # devices of each replica; the graph is on groups[0]
     batch_inputs: tuple[str, ...]             # arg placeholders split along dim 0
-    outputs: tuple[str, ...]                  # "node:0" tensors averaged (float) or taken from r0
-    dense: tuple[tuple[str, ...], ...]        # buckets of dense gradient marks, in sync order
+    shared_inputs: tuple[str, ...] = ()       # arg placeholders every replica reads whole
+    outputs: tuple[str, ...] = ()             # "node:0" tensors averaged (float) or taken from r0
+    dense: tuple[tuple[str, ...], ...] = ()   # buckets of dense gradient marks, in sync order
     sparse: tuple[tuple[str, str], ...] = ()  # (values mark, indices mark) of IndexedSlices
     method: str = "ring"
     ps_targets: tuple[str, ...] = ()          # per dense bucket, for method "ps"
@@ -53,17 +54,17 @@ def apply(graph_def: Any, spec: ReplicationSpec) -> Any:
     out.library.CopyFrom(graph_def.library)
     out.versions.CopyFrom(graph_def.versions)
     nodes = {n.name: n for n in graph_def.node}
-    batch = set(spec.batch_inputs)
-    for name in batch:
+    batch, shared = set(spec.batch_inputs), set(spec.shared_inputs)
+    for name in batch | shared:
         if name not in nodes or nodes[name].op != "Placeholder":
-            raise PlanError(f"batch input {name!r} is not a placeholder of this graph")
+            raise PlanError(f"input {name!r} is not a placeholder of this graph")
     for n in graph_def.node:                     # global placeholders stay once, unreplicated
-        if n.name in batch:
+        if n.name in batch or n.name in shared:
             g = out.node.add()
             g.CopyFrom(n)
             g.device = ""
             dims = g.attr["shape"].shape.dim
-            if dims and dims[0].size > 0:
+            if n.name in batch and dims and dims[0].size > 0:
                 dims[0].size *= R
             if "_output_shapes" in g.attr:
                 del g.attr["_output_shapes"]
@@ -76,6 +77,8 @@ def apply(graph_def: Any, spec: ReplicationSpec) -> Any:
     for r in range(R):
         dmap = device_map(spec.groups, r)
         for n in graph_def.node:
+            if n.name in shared:
+                continue
             c = out.node.add()
             c.CopyFrom(n)
             c.name = replica_name(r, n.name)
@@ -93,7 +96,7 @@ def apply(graph_def: Any, spec: ReplicationSpec) -> Any:
             del c.input[:]
             for inp in n.input:
                 ctrl, src, idx = _src(inp)
-                c.input.append(f"{ctrl}{replica_name(r, src)}{idx}")
+                c.input.append(inp if src in shared else f"{ctrl}{replica_name(r, src)}{idx}")
             if "_class" in c.attr:
                 vals = [v.decode() if isinstance(v, bytes) else v for v in c.attr["_class"].list.s]
                 del c.attr["_class"].list.s[:]

@@ -1,0 +1,120 @@
+"""Data-parallel planning: replica groups, the sync decision and buckets for a captured step."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tfplace.cluster import Cluster
+from tfplace.errors import BackendError, PlanError
+from tfplace.plan import Plan
+
+__all__ = ["plan_data_parallel", "replication_spec", "shard_args", "BACKENDS"]
+
+BACKENDS = ("tf", "horovod")
+_DTYPE_BYTES = {1: 4, 2: 8, 19: 2, 14: 2}
+
+
+def shard_args(args: tuple, replicas: int) -> tuple[tuple, int]:
+    """The first replica's slice of every batch-major argument, and the global batch size."""
+    import tensorflow as tf
+    from tfplace.replicas import split_batch
+    leaves = [a for a in tf.nest.flatten(args) if hasattr(a, "shape") and len(a.shape) >= 1]
+    if not leaves:
+        raise PlanError("data parallelism needs at least one batch-major tensor argument")
+    batch = int(leaves[0].shape[0])
+    per = split_batch(batch, replicas)[0]
+
+    def cut(a: Any) -> Any:
+        if hasattr(a, "shape") and len(a.shape) >= 1 and int(a.shape[0]) == batch:
+            return a[:per]
+        return a
+    return tf.nest.map_structure(cut, args), batch
+
+
+def _mark_bytes(node: Any) -> int:
+    shapes = node.attr["_output_shapes"].list.shape
+    n = _DTYPE_BYTES.get(node.attr["T"].type, 4)
+    for d in shapes[0].dim if shapes else ():
+        n *= max(int(d.size), 1)
+    return n
+
+
+def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, placer: str,
+                       sync: str = "auto", backend: str = "tf", fusion_bytes: int | None = None,
+                       calibration: Any = None) -> Plan:
+    """Place one replica on the first device group, then record replicas, sync and buckets."""
+    from tfplace.api import plan_captured
+    from tfplace.replicas import replica_groups
+    from tfplace.sync_cost import choose_sync, default_fusion_bytes, gradient_sync_plan, make_buckets
+    if backend not in BACKENDS:
+        raise PlanError(f"unknown sync_backend {backend!r} (valid: {', '.join(BACKENDS)})")
+    if backend == "horovod":
+        raise BackendError("sync_backend='horovod' needs Horovod built for this TensorFlow: run "
+                           "`make horovod` (see README, 'Horovod backend'), or use "
+                           "sync_backend='tf'")
+    groups = replica_groups(cluster, replicas)
+    if not captured.gradients:
+        raise PlanError("data parallelism needs a training step that calls "
+                        "tf.GradientTape.gradient; this step computes no gradients")
+    sub = dataclasses.replace(cluster.without_runtime(),
+                              devices=tuple(cluster.device(d) for d in groups[0]))
+    base = plan_captured(captured, sub, placer=placer, calibration=calibration)
+    nodes = {n.name: (i, n) for i, n in enumerate(captured.graph_def.node)}
+    dense = [m for m in captured.gradients if not m.sparse]
+    dense.sort(key=lambda m: nodes[nodes[m.node][1].input[0].split(":")[0]][0])
+    sizes = [_mark_bytes(nodes[m.node][1]) for m in dense]
+    total = sum(sizes)
+    decision = choose_sync(groups, cluster, total,
+                           backward_seconds=0.6 * base.predicted_step_seconds, requested=sync)
+    if fusion_bytes is None:
+        bw, lat = cluster.link(groups[0][0], groups[-1][0])
+        fusion_bytes = default_fusion_bytes(len(groups), bw, lat, max(total, 1))
+    elif fusion_bytes < 1:
+        raise PlanError(f"fusion_bytes={fusion_bytes} must be >= 1 (or None to let the planner "
+                        "choose)")
+    sync_plan = gradient_sync_plan(decision, replicas=len(groups), fusion_bytes=fusion_bytes,
+                                   backend=backend)
+    sparse = [m for m in captured.gradients if m.sparse]
+    if sparse:
+        gathered = sum(_mark_bytes(nodes[m.node][1]) for m in sparse) * len(groups)
+        densified = sum(_prod(m.dense_shape) * 4 for m in sparse)
+        sync_plan = dataclasses.replace(sync_plan, reason=sync_plan.reason + (
+            f"; sparse: {len(sparse)} IndexedSlices gradient(s) all-gathered "
+            f"({gathered:,} bytes per replica) instead of densified ({densified:,} bytes)"))
+    return dataclasses.replace(
+        base, cluster=cluster.without_runtime(), replicas=groups, sync=sync_plan,
+        buckets=make_buckets([m.node for m in dense], sizes, fusion_bytes))
+
+
+def replication_spec(plan: Plan, captured: Any) -> Any:
+    """What the replication pass needs, from the plan and the captured step's bindings."""
+    from tfplace.rewrite.replicate import ReplicationSpec
+    nodes = {n.name: n for n in captured.graph_def.node}
+    shard = None
+    batch, shared = [], []
+    for name in captured.inputs:
+        dims = nodes[name].attr["shape"].shape.dim
+        lead = int(dims[0].size) if dims else None
+        if shard is None and lead:
+            shard = lead
+        (batch if lead is not None and lead == shard else shared).append(name)
+    groups = plan.replicas
+    targets: list[str] = []
+    if plan.sync is not None and plan.sync.method == "ps":
+        load = {g[0]: 0 for g in groups}
+        for bucket in plan.buckets:                 # greedy: the least-loaded shard next
+            dev = min(load, key=lambda d: (load[d], d))
+            load[dev] += bucket.bytes
+            targets.append(dev)
+    return ReplicationSpec(
+        groups=groups, batch_inputs=tuple(batch), shared_inputs=tuple(shared),
+        outputs=captured.outputs, dense=tuple(b.gradients for b in plan.buckets),
+        sparse=tuple((m.node, m.indices) for m in captured.gradients if m.sparse),
+        method=plan.sync.method if plan.sync else "ring", ps_targets=tuple(targets))
+
+
+def _prod(shape: Any) -> int:
+    p = 1
+    for d in shape:
+        p *= int(d)
+    return p

@@ -30,6 +30,11 @@ def build(kind: str):
         h = L.LayerNormalization()(h + f)
         h = L.GlobalAveragePooling1D()(h)
         out = L.Dense(4)(h)
+    elif kind == "embedding":
+        inp = keras.Input((6,), dtype="int32")
+        h = L.Embedding(50, 8)(inp)
+        h = L.GlobalAveragePooling1D()(h)
+        out = L.Dense(4)(L.Dense(16, activation="relu")(h))
     else:
         raise ValueError(kind)
     return keras.Model(inp, out, name=kind)
@@ -37,6 +42,9 @@ def build(kind: str):
 
 def data(kind: str, batch: int = 16, seed: int = 0):
     rng = np.random.default_rng(seed)
+    if kind == "embedding":
+        x = rng.integers(0, 50, size=(batch, 6)).astype("int32")
+        return x, rng.standard_normal((batch, 4)).astype("float32")
     shape = {"mlp": (12,), "cnn": (12, 12, 3), "transformer": (8, 16)}[kind]
     x = rng.standard_normal((batch, *shape)).astype("float32")
     y = rng.standard_normal((batch, 4)).astype("float32")
@@ -60,6 +68,10 @@ def optimizer(model):
     import keras
     if model.name == "transformer":
         return keras.optimizers.SGD(learning_rate=5e-2, momentum=0.9)
+    if model.name == "embedding":
+        # Keras 3's Adam applies square() to IndexedSlices per entry; with data-parallel
+        # all-gathered slices it drifts by ~1e-3 (open: see the issue notes). SGD is exact.
+        return keras.optimizers.SGD(learning_rate=0.1)
     return keras.optimizers.Adam(learning_rate=1e-2)
 
 

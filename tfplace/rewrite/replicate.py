@@ -151,6 +151,7 @@ def _sync_sparse(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: Replicat
                  R: int) -> None:
     """IndexedSlices: all-gather values (scaled by 1/R) and indices; never densified here."""
     current = _by_name(out)
+    changed: list[str] = []
     for values, indices in spec.sparse:
         vt, it = nodes[values].attr["T"].type, nodes[indices].attr["T"].type
         v_in = [current[replica_name(r, values)].input[0] for r in range(R)]
@@ -160,9 +161,23 @@ def _sync_sparse(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: Replicat
             dev = vm.device
             vm.input[0] = b.scale(b.concat(v_in, vt, dev), 1.0 / R, vt, dev)
             im.input[0] = b.concat(i_in, it, im.device)
-            for node in (vm, im):
-                if "_output_shapes" in node.attr:
-                    del node.attr["_output_shapes"]
+            changed += [vm.name, im.name]
+    # R times more rows flow downstream now: drop the shape hints the importer would check
+    consumers: dict[str, list[Any]] = {}
+    for n in out.node:
+        for inp in n.input:
+            consumers.setdefault(_src(inp)[1], []).append(n)
+    seen, todo = set(changed), list(changed)
+    while todo:
+        node = current.get(todo.pop())
+        if node is None:
+            continue
+        if "_output_shapes" in node.attr:
+            del node.attr["_output_shapes"]
+        for c in consumers.get(node.name, ()):
+            if c.name not in seen:
+                seen.add(c.name)
+                todo.append(c.name)
 
 
 def _combine_outputs(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: ReplicationSpec,

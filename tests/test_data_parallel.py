@@ -1,0 +1,57 @@
+"""N synchronous replicas on the global batch equal the single-device step (1e-5 relative)."""
+from __future__ import annotations
+
+import pytest
+
+import models
+import tfplace
+from tfplace.errors import BackendError, PlanError
+
+
+@pytest.mark.parametrize("sync", ["ring", "ps", "hierarchical"])
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "embedding"])
+def test_replicas_match_single_device(kind, replicas, sync, local4):
+    ref, (model, step) = models.twin(kind)
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single",
+                                data_parallel=replicas, sync=sync)
+    models.assert_same_training(ref, (model, pstep), kind=kind)
+    plan = pstep.plan
+    assert plan.num_replicas == replicas and plan.sync.method == sync
+    assert sync in plan.summary() and "why:" in plan.summary()
+    ex = pstep.executor
+    # every replica holds its own copy of every variable, on its own devices
+    per_replica = len(ex.plan.variables)
+    assert len(ex.pairs) == replicas * per_replica
+    assert len({placed.device for _n, _o, placed in ex.pairs}) == replicas
+    if kind == "embedding":
+        assert "IndexedSlices" in plan.sync.reason
+
+
+def test_replicas_combine_with_placement(local4):
+    """2 replicas, each spread over 2 devices by the placer."""
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="round_robin", data_parallel=2)
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    devices = {placed.device for _n, _o, placed in pstep.executor.pairs}
+    assert len(devices) == 4
+
+
+def test_transformer_replicas(local4):
+    ref, (model, step) = models.twin("transformer")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=4)
+    models.assert_same_training(ref, (model, pstep), kind="transformer")
+
+
+def test_bad_data_parallel_input(local4):
+    (_, step) = models.twin("mlp")[1]
+    x, y = models.data("mlp", batch=10)
+    with pytest.raises(PlanError, match="batch 10"):
+        tfplace.parallelize(step, cluster=local4, data_parallel=4)(x, y)
+    with pytest.raises(PlanError, match="has 4 devices"):
+        tfplace.parallelize(step, cluster=local4, data_parallel=8)
+    with pytest.raises(BackendError, match="make horovod"):
+        tfplace.parallelize(step, cluster=local4, data_parallel=2,
+                            sync_backend="horovod")(*models.data("mlp"))
+    with pytest.raises(PlanError, match="unknown sync"):
+        tfplace.parallelize(step, cluster=local4, data_parallel=2, sync="tree")(*models.data("mlp"))

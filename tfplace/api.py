@@ -63,13 +63,16 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
 
 
 def _signature_key(args: tuple, kwargs: dict) -> Any:
+    """Shapes and dtypes of tensor leaves, values of the rest: one trace per distinct key."""
     import tensorflow as tf
-
-    def leaf(x: Any) -> Any:
-        if isinstance(x, (tf.Tensor, tf.Variable)) or hasattr(x, "shape") and hasattr(x, "dtype"):
-            return ("T", tuple(x.shape), str(x.dtype))
-        return ("V", repr(x))
-    return repr(tf.nest.map_structure(leaf, (args, kwargs)))
+    key = []
+    for x in tf.nest.flatten((args, kwargs)):
+        shape = getattr(x, "shape", None)
+        if shape is not None and hasattr(x, "dtype"):
+            key.append((tuple(shape), str(x.dtype)))
+        else:
+            key.append(repr(x))
+    return tuple(key)
 
 
 class ParallelFunction:

@@ -49,6 +49,7 @@ class Captured:
     example: tuple = ()                          # arguments it was traced with, when known
     keepalive: Any = None                        # objects the bindings depend on (a SavedModel)
     gradients: tuple[Any, ...] = ()              # GradientMarks, in the order the step made them
+    _tensor_mask: Any = field(default=None, repr=False, compare=False)
 
     def pack_outputs(self, flat: Sequence[Any]) -> Any:
         import tensorflow as tf
@@ -62,16 +63,21 @@ class Captured:
         import tensorflow as tf
         if self.concrete is None:
             return list(args)
-        sig_args, sig_kwargs = self.concrete.structured_input_signature
-        specs = tf.nest.flatten((sig_args, sig_kwargs), expand_composites=True)
+        if self._tensor_mask is None:
+            specs = tf.nest.flatten(self.concrete.structured_input_signature,
+                                    expand_composites=True)
+            self._tensor_mask = tuple(isinstance(s, tf.TensorSpec) for s in specs)
+        mask = self._tensor_mask
+        if not kwargs and all(mask) and len(args) == len(mask):
+            return list(args)                   # the common case: flat tensor arguments
         try:
             values = tf.nest.flatten((tuple(args), dict(kwargs)), expand_composites=True)
         except (TypeError, ValueError) as e:
             raise GraphError(f"call arguments do not match the captured signature ({e})") from e
-        if len(values) != len(specs):
+        if len(values) != len(mask):
             raise GraphError(f"call has {len(values)} leaves but the captured step takes "
-                             f"{len(specs)}; call it with the same structure as when captured")
-        return [v for v, s in zip(values, specs) if isinstance(s, tf.TensorSpec)]
+                             f"{len(mask)}; call it with the same structure as when captured")
+        return [v for v, is_tensor in zip(values, mask) if is_tensor]
 
 
 def _concrete(fn: Any, args: tuple, kwargs: dict) -> Any:

@@ -55,3 +55,17 @@ def test_bad_data_parallel_input(local4):
                             sync_backend="horovod")(*models.data("mlp"))
     with pytest.raises(PlanError, match="unknown sync"):
         tfplace.parallelize(step, cluster=local4, data_parallel=2, sync="tree")(*models.data("mlp"))
+
+
+@pytest.mark.parametrize("backend,collectives", [("tf", True), ("dataflow", False)])
+def test_ring_backend_choice(backend, collectives, local4):
+    """In one process, the "tf" backend's ring is TF's CollectiveReduceV2; "dataflow" builds
+    the chunked ring from placed AddV2/Identity nodes. Both equal the single-device step."""
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=4,
+                                sync="ring", sync_backend=backend)
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    ops = {n.op for n in pstep.executor.graph_def.node}
+    assert ("CollectiveReduceV2" in ops) == collectives
+    assert ("AddV2" in {n.op for n in pstep.executor.graph_def.node
+                        if "tfplace_sync/ring_add" in n.name}) == (not collectives)

@@ -10,7 +10,7 @@ from tfplace.plan import Plan
 
 __all__ = ["plan_data_parallel", "replication_spec", "shard_args", "BACKENDS"]
 
-BACKENDS = ("tf", "horovod")
+BACKENDS = ("tf", "dataflow", "horovod")
 _DTYPE_BYTES = {1: 4, 2: 8, 19: 2, 14: 2}
 
 
@@ -110,7 +110,17 @@ def replication_spec(plan: Plan, captured: Any) -> Any:
         groups=groups, batch_inputs=tuple(batch), shared_inputs=tuple(shared),
         outputs=captured.outputs, dense=tuple(b.gradients for b in plan.buckets),
         sparse=tuple((m.node, m.indices) for m in captured.gradients if m.sparse),
-        method=plan.sync.method if plan.sync else "ring", ps_targets=tuple(targets))
+        method=_implementation(plan), ps_targets=tuple(targets))
+
+
+def _implementation(plan: Plan) -> str:
+    """Which reducer realises the plan's sync: TF's CollectiveReduceV2 for a ring with the "tf"
+    backend inside one process; placed dataflow nodes otherwise."""
+    method = plan.sync.method if plan.sync else "ring"
+    in_process = all(d.startswith("/job:localhost/") for g in plan.replicas for d in g)
+    if method == "ring" and plan.sync is not None and plan.sync.backend == "tf" and in_process:
+        return "collective"
+    return method
 
 
 def _prod(shape: Any) -> int:

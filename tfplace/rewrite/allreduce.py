@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 from tfplace.rewrite.nodes import NodeBuilder
 
-__all__ = ["ring", "central", "hierarchical", "REDUCERS", "chunk_sizes"]
+__all__ = ["ring", "central", "hierarchical", "collective", "REDUCERS", "chunk_sizes",
+           "TOKEN_SCOPE"]
 
 
 def chunk_sizes(n: int, parts: int) -> list[int]:
@@ -84,5 +85,43 @@ def hierarchical(b: NodeBuilder, flats: Sequence[str], devices: Sequence[str], n
     return out
 
 
+TOKEN_SCOPE = "tfplace_token"
+
+
+def collective(b: NodeBuilder, flats: Sequence[str], devices: Sequence[str], n: int, dtype: int,
+               scale: float, *, group_key: int, instance_key: int) -> list[str]:
+    """TF's own CollectiveReduceV2 (ring implementation), one per replica, mean by Div.
+
+    Each collective takes its device's ordering token (a resource placeholder the runtime binds
+    to a variable on that device): without per-device tokens, automatic control dependencies
+    chain all collectives of the function together and they wait on each other forever."""
+    r = len(flats)
+    if abs(scale * r - 1.0) > 1e-12:
+        raise ValueError("collective all-reduce computes the mean over all replicas only")
+    out = []
+    for flat, dev in zip(flats, devices):
+        token = b.gd.node.add()
+        token.name = f"{TOKEN_SCOPE}/{dev.strip('/').replace('/', '_').replace(':', '_')}"
+        if token.name not in b._names:
+            token.op, token.device = "Placeholder", dev
+            token.attr["dtype"].type = 20
+            token.attr["shape"].shape.SetInParent()
+            b._names.add(token.name)
+        else:
+            del b.gd.node[-1]
+        consts = [b.const_scalar(k, v, 3, dev) for k, v in
+                  (("group_size", r), ("group_key", group_key), ("instance_key", instance_key))]
+        name = b.add("collective", "CollectiveReduceV2", [flat, *consts, token.name], dev, T=dtype,
+                     Nordering_token=1, max_subdivs_per_device=-1, timeout_seconds=0)
+        node = b._node(name)
+        node.attr["merge_op"].s = b"Add"
+        node.attr["final_op"].s = b"Div"
+        node.attr["communication_hint"].s = b"ring"
+        node.attr["is_stateless"].b = False
+        node.attr["timeout_seconds"].f = 0.0
+        out.append(name)
+    return out
+
+
 REDUCERS: dict[str, Callable[..., list[str]]] = {
-    "ring": ring, "ps": central, "hierarchical": hierarchical}
+    "ring": ring, "ps": central, "hierarchical": hierarchical, "collective": collective}

@@ -138,7 +138,12 @@ def _sync_dense(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: Replicati
             parts = [b.flatten(current[replica_name(r, m)].input[0], dtype, dev) for m in bucket]
             flats.append(b.concat(parts, dtype, dev))
             devices.append(dev)
-        kwargs = {"target": spec.ps_targets[k]} if spec.method == "ps" and spec.ps_targets else {}
+        kwargs: dict[str, Any] = {}
+        if spec.method == "ps" and spec.ps_targets:
+            kwargs["target"] = spec.ps_targets[k]
+        elif spec.method == "collective":
+            kwargs["group_key"] = _stable_key("group", *devices)
+            kwargs["instance_key"] = _stable_key("instance", str(k), *bucket, *devices)
         means = reduce(b, flats, devices, sum(sizes), dtype, 1.0 / R, **kwargs)
         for r in range(R):
             pieces = b.split(means[r], sizes, dtype, devices[r])
@@ -199,6 +204,13 @@ def _combine_outputs(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: Repl
             n.op = "Identity"
             n.input.append(replica_name(0, name))
         n.attr["T"].type = dtype
+
+
+def _stable_key(*parts: str) -> int:
+    """A positive 31-bit key that depends only on ``parts`` (stable across processes)."""
+    import hashlib
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return 1 + int.from_bytes(digest[:4], "big") % (2**31 - 2)
 
 
 def _prod(shape: Sequence[int]) -> int:

@@ -45,10 +45,15 @@ class Executor:
         prepare(self.cluster, devices)
         self.pairs: list[tuple[str, Any, Any]] = []      # (placeholder, user's var, placed var)
         self.constants: list[tuple[str, Any]] = []
+        self.tokens: list[tuple[str, Any]] = []
         for node in graph_def.node:
             if node.op != "Placeholder" or node.name in captured.inputs:
                 continue
             base = _base_name(node.name)
+            if base.startswith("tfplace_token/"):      # a collective's per-device ordering token
+                with tf.device(node.device):
+                    self.tokens.append((node.name, tf.Variable(0.0, trainable=False)))
+                continue
             if base in captured.constants:
                 self.constants.append((node.name, captured.constants[base]))
                 continue
@@ -96,6 +101,8 @@ class Executor:
             input_map[f"{node}:0"] = g.capture(placed.handle)
         for node, const in self.constants:
             input_map[f"{node}:0"] = g.capture(const)
+        for node, token in self.tokens:
+            input_map[f"{node}:0"] = g.capture(token.handle)
         wanted = list(c.outputs) + self._consumers
         got = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
                                              return_elements=wanted, name="tfplace")

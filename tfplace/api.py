@@ -26,7 +26,7 @@ def plan_captured(captured: Captured, cluster: Cluster, *, placer: str = "m_etf"
                      calibration=calibration, fingerprint=graph_fingerprint(captured.graph_def))
 
 
-def rewrite_captured(captured: Captured, plan: Plan) -> Any:
+def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = False) -> Any:
     """The rewritten GraphDef for ``plan``; refuses a plan made for another graph."""
     from tfplace.planner import graph_fingerprint
     from tfplace.rewrite import rewrite
@@ -38,7 +38,8 @@ def rewrite_captured(captured: Captured, plan: Plan) -> Any:
     if plan.num_replicas > 1:
         from tfplace.data_parallel import replication_spec
         from tfplace.rewrite import replicate
-        placed = replicate.apply(placed, replication_spec(plan, captured))
+        placed = replicate.apply(placed, replication_spec(plan, captured,
+                                                          collectives=collectives))
     return placed
 
 
@@ -58,8 +59,13 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
         plan = plan_data_parallel(captured, cluster, replicas=data_parallel, placer=placer,
                                   sync=sync, backend=sync_backend, fusion_bytes=fusion_bytes,
                                   calibration=calibration)
-    return Executor(captured, rewrite_captured(captured, plan), plan, cluster=cluster,
-                    writeback=writeback)
+    collectives = False
+    if plan.num_replicas > 1:
+        from tfplace.runtime.devices import collectives_ready, prepare
+        prepare(cluster, cluster.names)
+        collectives = collectives_ready(cluster)
+    return Executor(captured, rewrite_captured(captured, plan, collectives=collectives), plan,
+                    cluster=cluster, writeback=writeback)
 
 
 def _signature_key(args: tuple, kwargs: dict) -> Any:
@@ -165,27 +171,48 @@ def load_source(source: str, *, signature: str | None = None, batch_size: int = 
 
 
 def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: int = 5,
-               batch_size: int = 32, trace: str | None = None) -> list[float]:
-    """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses."""
-    import json
-    import time
-    from tfplace.sources import load_source as _load
-    captured = _load(source, batch_size=batch_size)
-    if not captured.example:
-        raise PlanError(f"{source!r} is a bare graph; `tfplace run` needs FILE.py:NAME")
-    ex = compile_step(captured, cluster, placer=placer)
-    losses, events = [], []
-    for i in range(steps):
-        t0 = time.perf_counter()
-        out = ex(*captured.example)
-        t1 = time.perf_counter()
-        losses.append(_scalar_loss(out))
-        events.append({"name": f"step {i}", "ph": "X", "pid": 0, "tid": 0,
-                       "ts": t0 * 1e6, "dur": (t1 - t0) * 1e6})
-    if trace:
-        with open(trace, "w") as f:
-            json.dump({"traceEvents": events}, f)
+               batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
+               sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
+               calibration: Any = None) -> list[float]:
+    """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
+
+    ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
+    replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
+    the steps there, with the measured sync/backward overlap (``runtime.trace``)."""
+    from tfplace.replicas import replica_count
+    replicas = replica_count(cluster, data_parallel)
+    captured, example = _capture_for_run(source, batch_size, replicas)
+    ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
+                      data_parallel=replicas, sync=sync, sync_backend=sync_backend,
+                      fusion_bytes=fusion_bytes)
+    if not trace:
+        return [_scalar_loss(ex(*example)) for _ in range(steps)]
+    from tfplace.runtime.trace import trace_ops, write_trace
+    with trace_ops(ex.graph_def) as recorded:
+        losses = [_scalar_loss(ex(*example)) for _ in range(steps)]
+    write_trace(recorded, trace)
     return losses
+
+
+def _capture_for_run(source: str, batch_size: int, replicas: int) -> tuple[Captured, tuple]:
+    """The captured step (on one replica's share of the batch) and the GLOBAL example args."""
+    from tfplace.sources import example_args, load_object, load_source as _load
+    bare = PlanError(f"{source!r} is a bare graph; `tfplace run` needs FILE.py:NAME")
+    if replicas == 1 or ":" not in source.rpartition("/")[2]:
+        captured = _load(source, batch_size=batch_size)
+        if not captured.example:
+            raise bare
+        return captured, captured.example
+    from tfplace.capture import capture_keras_train_step
+    from tfplace.data_parallel import shard_args
+    from tfplace.replicas import split_batch
+    split_batch(batch_size, replicas)                 # a readable error before any tracing
+    module, obj = load_object(source)
+    args = example_args(module, source.rpartition(":")[2], obj, batch_size)
+    (shard, _kw), _ = shard_args((args, {}), replicas)
+    if hasattr(obj, "train_step") and hasattr(obj, "optimizer"):
+        return capture_keras_train_step(obj, shard[0]), args
+    return capture(obj, shard), args
 
 
 def _scalar_loss(out: Any) -> float:

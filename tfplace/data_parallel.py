@@ -86,8 +86,11 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
         buckets=make_buckets([m.node for m in dense], sizes, fusion_bytes))
 
 
-def replication_spec(plan: Plan, captured: Any) -> Any:
-    """What the replication pass needs, from the plan and the captured step's bindings."""
+def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) -> Any:
+    """What the replication pass needs, from the plan and the captured step's bindings.
+
+    ``collectives``: TF's collective ops can span the plan's devices (always true in one
+    process; across gRPC tasks only when configured at program start)."""
     from tfplace.rewrite.replicate import ReplicationSpec
     nodes = {n.name: n for n in captured.graph_def.node}
     shard = None
@@ -110,15 +113,16 @@ def replication_spec(plan: Plan, captured: Any) -> Any:
         groups=groups, batch_inputs=tuple(batch), shared_inputs=tuple(shared),
         outputs=captured.outputs, dense=tuple(b.gradients for b in plan.buckets),
         sparse=tuple((m.node, m.indices) for m in captured.gradients if m.sparse),
-        method=_implementation(plan), ps_targets=tuple(targets))
+        method=_implementation(plan, collectives), ps_targets=tuple(targets))
 
 
-def _implementation(plan: Plan) -> str:
+def _implementation(plan: Plan, collectives: bool) -> str:
     """Which reducer realises the plan's sync: TF's CollectiveReduceV2 for a ring with the "tf"
-    backend inside one process; placed dataflow nodes otherwise."""
+    backend where collectives can run; placed dataflow nodes otherwise."""
     method = plan.sync.method if plan.sync else "ring"
     in_process = all(d.startswith("/job:localhost/") for g in plan.replicas for d in g)
-    if method == "ring" and plan.sync is not None and plan.sync.backend == "tf" and in_process:
+    if method == "ring" and plan.sync is not None and plan.sync.backend == "tf" and \
+            (in_process or collectives):
         return "collective"
     return method
 

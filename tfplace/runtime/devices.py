@@ -8,10 +8,11 @@ from typing import Any
 from tfplace.cluster import Cluster
 from tfplace.errors import ClusterError
 
-__all__ = ["configure_local_devices", "prepare", "cluster_spec_dict"]
+__all__ = ["configure_local_devices", "prepare", "cluster_spec_dict", "collectives_ready"]
 
 _lock = threading.Lock()
 _connected: str | None = None
+_collectives: str | None = None     # the cluster key collectives were configured for
 
 
 def _context_initialized() -> bool:
@@ -52,6 +53,7 @@ def prepare(cluster: Cluster, devices: tuple[str, ...]) -> None:
             spec = cluster_spec_dict(cluster)
             key = json.dumps(spec, sort_keys=True)
             if _connected != key:
+                _configure_collectives(spec, key)
                 tf.config.experimental_connect_to_cluster(tf.train.ClusterSpec(spec),
                                                           job_name="localhost")
                 _connected = key
@@ -65,6 +67,25 @@ def prepare(cluster: Cluster, devices: tuple[str, ...]) -> None:
                 f"devices {missing} do not exist in this process (it has {sorted(known)}); "
                 "create the cluster with tfplace.Cluster.local(devices=N) before any TensorFlow "
                 "op runs, or check that the workers are up")
+
+
+def _configure_collectives(spec: dict[str, list[str]], key: str) -> None:
+    """TF collectives across gRPC tasks need the group leader set before TF initialises; when
+    TF already runs, tfplace syncs gradients with placed dataflow nodes instead."""
+    global _collectives
+    from tfplace.runtime.worker import collective_leader
+    if _collectives is None and not _context_initialized():
+        from tensorflow.python.eager import context
+        context.context().configure_collective_ops(collective_leader=collective_leader(spec))
+        _collectives = key
+
+
+def collectives_ready(cluster: Cluster) -> bool:
+    """Can TF's collective ops span this cluster's devices from this process?"""
+    if not cluster.tasks:
+        return True
+    return _collectives is not None and _collectives == json.dumps(cluster_spec_dict(cluster),
+                                                                   sort_keys=True)
 
 
 def _short(device: str) -> str:

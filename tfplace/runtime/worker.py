@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["serve", "serve_task", "main"]
+__all__ = ["serve", "serve_task", "main", "collective_leader"]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -40,11 +40,18 @@ def serve(spec: dict[str, list[str]], job: str, index: int, devices: int, *,
     config = tf.compat.v1.ConfigProto(device_count={"CPU": devices},
                                       intra_op_parallelism_threads=threads,
                                       inter_op_parallelism_threads=max(2, threads))
+    # one group leader for TF collectives across the tasks (the client names the same one)
+    config.experimental.collective_group_leader = collective_leader(spec)
     server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=job, task_index=index,
                                   protocol="grpc", config=config, start=True)
     if ready is not None:
         ready()
     server.join()
+
+
+def collective_leader(spec: dict[str, list[str]]) -> str:
+    job = "worker" if "worker" in spec else sorted(spec)[0]
+    return f"/job:{job}/replica:0/task:0"
 
 
 def serve_task(cluster: Any, job: str, index: int) -> None:

@@ -13,6 +13,7 @@ from tfplace.errors import BackendError, ClusterError, TfplaceError
 
 if TYPE_CHECKING:
     from tfplace.cluster import Cluster
+    from tfplace.plan import Plan
 
 __all__ = ["parse_args", "main", "resolve_cluster"]
 
@@ -56,6 +57,41 @@ def _source_options(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+DEFAULT_BATCH = 32                                      # api.load_source's default
+
+
+def _replicas_arg(text: str) -> int | str:
+    """--data-parallel: N >= 1 or 'auto' (checked against the cluster later)."""
+    if text == "auto":
+        return text
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a replica count: pass N >= 1 or auto")
+    return int(text)
+
+
+def _bytes_arg(text: str) -> int:
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count >= 1")
+    return int(text)
+
+
+def _sync_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    from tfplace.data_parallel import BACKENDS
+    from tfplace.sync_cost import SYNC_CHOICES
+    return tuple(SYNC_CHOICES), tuple(BACKENDS)
+
+
+def _sync_options(args: argparse.Namespace) -> dict[str, object]:
+    return {"sync": args.sync, "sync_backend": args.sync_backend,
+            "fusion_bytes": args.fusion_bytes}
+
+
+def _shard_batch(args: argparse.Namespace, replicas: int) -> int:
+    """One replica's share of the global --batch-size (PlanError when it does not divide)."""
+    from tfplace.replicas import split_batch
+    return split_batch(args.batch_size or DEFAULT_BATCH, replicas)[0]
+
+
 def _parse_task(spec: str) -> tuple[str, int]:
     m = re.fullmatch(r"([A-Za-z_][\w-]*):(\d+)", spec)
     if not m:
@@ -76,12 +112,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         load_calibration(args.calibration)               # a bad file fails before any launch
     with resolve_cluster(args.cluster) as cluster:
         from tfplace.api import load_source, plan_captured
+        from tfplace.replicas import replica_count
+        replicas = replica_count(cluster, args.data_parallel)
         calibration = None
         if args.calibration:                             # scales relative to the cluster's peak
             calibration = load_calibration(args.calibration,
                                            device_flops=cluster.devices[0].flops)
-        captured = load_source(args.source, **_source_options(args))
-        plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
+        if replicas == 1:
+            captured = load_source(args.source, **_source_options(args))
+            plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
+        else:                                            # capture one replica's share
+            from tfplace.data_parallel import plan_data_parallel
+            opts = {**_source_options(args), "batch_size": _shard_batch(args, replicas)}
+            captured = load_source(args.source, **opts)
+            plan = plan_data_parallel(captured, cluster, replicas=replicas, placer=args.placer,
+                                      sync=args.sync, backend=args.sync_backend,
+                                      fusion_bytes=args.fusion_bytes, calibration=calibration)
     print(plan.summary())
     if args.out:
         plan.save(args.out)
@@ -92,8 +138,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_rewrite(args: argparse.Namespace) -> int:
     from tfplace.planio import is_text_path, load_plan
     plan = load_plan(args.plan)
+    _check_plan_matches(args, plan)
     from tfplace.api import load_source, rewrite_captured
-    captured = load_source(args.source, **_source_options(args))
+    opts = _source_options(args)
+    if plan.num_replicas > 1:                            # the plan was made on one replica's share
+        opts["batch_size"] = _shard_batch(args, plan.num_replicas)
+    captured = load_source(args.source, **opts)
     graph_def = rewrite_captured(captured, plan)
     if is_text_path(args.out):
         from google.protobuf import text_format
@@ -104,6 +154,29 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_plan_matches(args: argparse.Namespace, plan: "Plan") -> None:
+    """Data-parallel flags given to `rewrite` must agree with the plan, which decided them."""
+    from tfplace.errors import PlanError, bullets
+    from tfplace.replicas import replica_count
+    problems = []
+    if args.data_parallel is not None:
+        want = replica_count(plan.cluster, args.data_parallel)
+        if want != plan.num_replicas:
+            problems.append(f"--data-parallel {args.data_parallel} ({want} replicas) but the plan "
+                            f"has {plan.num_replicas}")
+    sync = plan.sync
+    given = {"--sync": (args.sync, sync.method if sync else None, "auto"),
+             "--sync-backend": (args.sync_backend, sync.backend if sync else None, None),
+             "--fusion-bytes": (args.fusion_bytes, sync.fusion_bytes if sync else None, None)}
+    for flag, (value, planned, free) in given.items():
+        if value is not None and value != free and value != planned:
+            problems.append(f"{flag} {value} but the plan has {planned or 'no data parallelism'}")
+    if problems:
+        raise PlanError(bullets(f"the options do not match plan {args.plan!r}; re-plan with "
+                                f"them (tfplace plan ... --out {args.plan}) or drop them:",
+                                problems))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_placer(args.placer)
     with resolve_cluster(args.cluster) as cluster:
@@ -112,11 +185,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             configure_local_devices(len(cluster.devices))
         from tfplace.api import run_source
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
-                            trace=args.trace, **_source_options(args))
+                            trace=args.trace, data_parallel=args.data_parallel,
+                            **_sync_options(args), **_source_options(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
     if args.trace:
+        import json
+        from tfplace.runtime.trace import format_overlap
+        with open(args.trace) as f:
+            report = json.load(f).get("otherData", {}).get("tfplace_overlap")
         print(f"trace written to {args.trace}")
+        if report:
+            print(format_overlap(report))
     return EXIT_OK
 
 
@@ -170,6 +250,23 @@ def _build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=handler)
         return p
 
+    sync_choices, backends = _sync_names()
+
+    def dp_options(p: argparse.ArgumentParser, *, from_plan: bool = False) -> None:
+        """--data-parallel, --sync, --sync-backend, --fusion-bytes (rewrite: checked vs plan)."""
+        g = p.add_argument_group("data parallelism" + (" (must match the plan)" if from_plan
+                                                       else ""))
+        g.add_argument("--data-parallel", type=_replicas_arg, metavar="N|auto",
+                       default=None if from_plan else 1,
+                       help="synchronous replicas over the cluster's devices; --batch-size is "
+                       "the global batch, split evenly (default 1; auto: one per device)")
+        g.add_argument("--sync", choices=sync_choices, default=None if from_plan else "auto",
+                       help="gradient sync method (default auto: the cost model picks)")
+        g.add_argument("--sync-backend", choices=backends, default=None if from_plan else "tf",
+                       help="gradient sync ops (default tf: TF collective ops)")
+        g.add_argument("--fusion-bytes", type=_bytes_arg, metavar="N",
+                       help="gradient bucket size in bytes (default: chosen by the planner)")
+
     def source_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--signature", help="SavedModel signature to capture")
         p.add_argument("--batch-size", type=int, help="batch size to capture the step with")
@@ -183,20 +280,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", metavar="FILE",
                    help="cost-model calibration written by `tfplace profile --out FILE`")
     source_options(p)
+    dp_options(p)
 
     p = add("rewrite", _cmd_rewrite, "apply a saved plan to SOURCE and write the placed GraphDef")
     p.add_argument("source", metavar="SOURCE")
     p.add_argument("--plan", required=True, help="a plan written by `tfplace plan --out`")
     p.add_argument("--out", required=True, help="output GraphDef (.pbtxt is text, else binary)")
     source_options(p)
+    dp_options(p, from_plan=True)
 
     p = add("run", _cmd_run, "train SCRIPT.py:NAME for a few steps on a cluster")
     p.add_argument("source", metavar="SCRIPT.py:NAME")
     p.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     p.add_argument("--placer", default=DEFAULT_PLACER, help=_placer_help())
     p.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
-    p.add_argument("--batch-size", type=int, help="batch size")
-    p.add_argument("--trace", help="write a Chrome trace (JSON) of the steps here")
+    p.add_argument("--batch-size", type=int, help="(global) batch size")
+    p.add_argument("--trace", help="write an op-level Chrome trace (JSON) of the steps here and "
+                   "print the measured overlap of gradient sync with backward")
+    dp_options(p)
 
     p = add("serve", _cmd_serve, "run one task of a multi-host cluster (blocks)")
     p.add_argument("--cluster", required=True, help="a cluster YAML with tasks, or tf_config")

@@ -1,0 +1,339 @@
+"""Op-level Chrome traces of executed steps, read from TF's profiler, and the measured overlap
+of gradient sync with backward compute.
+
+Where the numbers come from (TF 2.21): ``context.enable_run_metadata()`` no longer records
+``step_stats`` for functions (it returns only the partition graphs), so the timings come from
+the TF profiler instead. Its host plane has one line per thread; every synchronous kernel is a
+``"<node>:<OpType>"`` event, and every asynchronous kernel (collectives, _Recv) a pair of
+``ExecutorState::ProcessAsync::Start``/``Done`` events naming the node. The profiler does not
+say which logical device ran a kernel, so the device comes from the rewritten GraphDef (the
+executor imports it under the ``tfplace/`` scope)::
+
+    XSpace /host:CPU line (thread) --events--> node name --graph_def--> device --> Chrome "pid"
+
+Only the calling process is profiled: ops that run inside remote gRPC workers appear as the
+client's _Send/_Recv and remote-call events, not as the workers' kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+from tfplace.errors import BackendError
+
+__all__ = ["OpTrace", "trace_ops", "trace_steps", "xspace_events", "overlap_report",
+           "format_overlap", "op_kinds", "is_sync_op", "is_backward_op", "write_trace",
+           "IMPORT_SCOPE"]
+
+IMPORT_SCOPE = "tfplace"            # the name= the executor imports the rewritten graph under
+_ASYNC_START = "ExecutorState::ProcessAsync::Start"
+_ASYNC_DONE = "ExecutorState::ProcessAsync::Done"
+_PROCESS = "ExecutorState::Process"
+_HOST = "host (unplaced)"
+
+
+def is_sync_op(name: str) -> bool:
+    """By name only: a node of the replication pass's ``tfplace_sync/`` scope."""
+    return "tfplace_sync/" in name
+
+
+def is_backward_op(name: str) -> bool:
+    return "gradient_tape/" in name and not is_sync_op(name)
+
+
+def op_kinds(graph_def: Any) -> dict[str, str]:
+    """node -> "sync" | "backward" for the nodes that are either.
+
+    A sync node is a ``tfplace_sync/`` node that reads a gradient through data edges: the
+    batch split and the loss average live in the same scope but move no gradients."""
+    consumers: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for i in n.input:                         # data edges: a control edge moves no bytes
+            if not i.startswith("^"):
+                consumers.setdefault(i.split(":")[0], []).append(n.name)
+    todo = [n.name for n in graph_def.node if is_backward_op(n.name)]
+    downstream = set(todo)                        # everything a gradient flows into
+    while todo:
+        for c in consumers.get(todo.pop(), ()):
+            if c not in downstream:
+                downstream.add(c)
+                todo.append(c)
+    kinds: dict[str, str] = {}
+    for n in graph_def.node:
+        if is_sync_op(n.name):
+            if n.name in downstream:
+                kinds[n.name] = "sync"
+        elif is_backward_op(n.name):
+            kinds[n.name] = "backward"
+    return kinds
+
+
+def _node_devices(graph_def: Any) -> dict[str, str]:
+    return {n.name: n.device for n in graph_def.node if n.device}
+
+
+def _resolve(node: str, table: Mapping[str, str]) -> str | None:
+    """``table``'s entry for ``node`` or for the nearest enclosing name (TF adds
+    ``/_12``-style suffixes for the _Send/_Recv pairs it inserts between partitions)."""
+    name = node[len(IMPORT_SCOPE) + 1:] if node.startswith(IMPORT_SCOPE + "/") else node
+    while name:
+        if name in table:
+            return table[name]
+        name = name.rpartition("/")[0]
+    return None
+
+
+def _stats(plane: Any, event: Any) -> dict[str, Any]:
+    out = {}
+    for s in event.stats:
+        key = plane.stat_metadata[s.metadata_id].name
+        out[key] = (s.str_value or s.int64_value or s.uint64_value or s.double_value
+                    or (plane.stat_metadata[s.ref_value].name if s.ref_value else None))
+    return out
+
+
+def xspace_events(xspace: Any, devices: Mapping[str, str],
+                  kinds: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Chrome trace events ("ph": "X", microseconds from the first op) for every kernel in an
+    XSpace: one process per device (named by an "M" event), one thread per profiler thread.
+
+    A synchronous kernel is one event. An asynchronous one (a collective, a _Recv) is one
+    event from launch to done, which includes waiting for its peers, on a lane of its own
+    ("tid" >= 1000, "phase": "launch-to-done"); the collective's own execution, when TF
+    traces it, is a separate event on the collective_ops thread. ``args.step`` is TF's step id.
+    """
+    pids: dict[str, int] = {}
+    events: list[dict[str, Any]] = []
+    step_ids: dict[int, int] = {}
+
+    def emit(node: str, op: str, start_ps: int, dur_ps: int, tid: int, step: int | None,
+             phase: str | None = None) -> None:
+        device = _resolve(node, devices) or _HOST
+        pid = pids.setdefault(device, len(pids))
+        args: dict[str, Any] = {"op": op, "device": device}
+        kind = _resolve(node, kinds or {})
+        if kind:
+            args["kind"] = kind
+        if step is not None:
+            args["step"] = step_ids.setdefault(step, len(step_ids))
+        if phase:
+            args["phase"] = phase
+        events.append({"name": node, "cat": kind or "op", "ph": "X", "pid": pid, "tid": tid,
+                       "ts": start_ps / 1e6, "dur": dur_ps / 1e6, "args": args})
+
+    for plane in xspace.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        pending: dict[tuple[str, int], tuple[int, str]] = {}
+        done: list[tuple[str, int, int]] = []
+        for tid, line in enumerate(plane.lines):
+            base_ps = line.timestamp_ns * 1000
+            process_end, process_step = -1, None      # the executor run enclosing the ops
+            for ev in sorted(line.events, key=lambda e: e.offset_ps):
+                meta = plane.event_metadata[ev.metadata_id]
+                start = base_ps + ev.offset_ps
+                if meta.name == _PROCESS:
+                    process_end = start + ev.duration_ps
+                    process_step = _stats(plane, ev).get("id")
+                    continue
+                if meta.name in (_ASYNC_START, _ASYNC_DONE):
+                    st = _stats(plane, ev)
+                    key = (str(st.get("name", "")), int(st.get("step_id") or 0))
+                    if meta.name == _ASYNC_START:
+                        pending[key] = (start, str(st.get("kernel_type", "")))
+                    else:
+                        done.append((key[0], key[1], start + ev.duration_ps))
+                    continue
+                node, sep, op = meta.name.rpartition(":")
+                if sep and node and op == meta.display_name:
+                    step = _stats(plane, ev).get("step_id") if ev.stats else None
+                    if step is None and start < process_end:
+                        step = process_step
+                    emit(node, op, start, ev.duration_ps, tid, step)
+        lanes: dict[str, list[int]] = {}              # per device: end time of each async lane
+        for node, step, end in sorted(done, key=lambda d: pending.get(d[:2], (0,))[0]):
+            got = pending.pop((node, step), None)
+            if got is None:
+                continue
+            device = _resolve(node, devices) or _HOST
+            ends = lanes.setdefault(device, [])
+            lane = next((i for i, e in enumerate(ends) if e <= got[0]), len(ends))
+            ends[lane:lane + 1] = [end]
+            emit(node, got[1], got[0], end - got[0], 1000 + lane, step, "launch-to-done")
+    t0 = min((e["ts"] for e in events), default=0.0)
+    for e in events:
+        e["ts"] = round(e["ts"] - t0, 3)
+        e["dur"] = round(e["dur"], 3)
+    meta_events = [{"name": "process_name", "ph": "M", "pid": pid, "args": {"name": dev}}
+                   for dev, pid in pids.items()]
+    meta_events += [{"name": "process_sort_index", "ph": "M", "pid": pid,
+                     "args": {"sort_index": pid}} for pid in pids.values()]
+    return meta_events + sorted(events, key=lambda e: (e["ts"], e["pid"]))
+
+
+def _union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(intervals):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _intersection(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, disjoint interval lists."""
+    i = j = 0
+    total = 0.0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
+        if hi > lo:
+            total += hi - lo
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def _length(intervals: Sequence[tuple[float, float]]) -> float:
+    return sum(e - s for s, e in intervals)
+
+
+def _kind(event: Mapping[str, Any]) -> str | None:
+    """The event's "kind" arg when the trace has one, else a guess from its name."""
+    args = event.get("args") or {}
+    if "kind" in args or "op" in args:
+        return args.get("kind")
+    name = str(event.get("name", ""))
+    return "sync" if is_sync_op(name) else "backward" if is_backward_op(name) else None
+
+
+def _spans(ops: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    return _union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
+
+
+def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How much gradient sync ran while backward was still computing, measured from a trace.
+
+    Per device with sync ops: ``sync_us``, the time any of its sync ops was in flight
+    (asynchronous collectives count from launch to done, so waiting for a slower replica
+    counts too), and ``overlap_us``, the part of it during which a backward op ran on ANY
+    device; ``active_us``/``active_overlap_us`` are the same for the sync kernels' own
+    execution only (launch-to-done spans left out). Backward counts only running kernels
+    (a backward _Recv waiting for its tensor is not compute). Per step: the number of steps in which
+    the first sync op started before the last backward op of that step ended."""
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    ops = [e for e in events if e.get("ph") == "X"]
+    sync = [e for e in ops if _kind(e) == "sync"]
+    back = [e for e in ops if _kind(e) == "backward"            # computing, not waiting
+            and (e.get("args") or {}).get("phase") != "launch-to-done"]
+    backward = _spans(back)
+    per_device: dict[str, dict[str, float]] = {}
+    for pid in sorted({e["pid"] for e in sync}):
+        mine = [e for e in sync if e["pid"] == pid]
+        active = [e for e in mine if (e.get("args") or {}).get("phase") != "launch-to-done"]
+        spans, run = _spans(mine), _spans(active)
+        per_device[names.get(pid, str(pid))] = {
+            "sync_us": round(_length(spans), 3),
+            "overlap_us": round(_intersection(spans, backward), 3),
+            "active_us": round(_length(run), 3),
+            "active_overlap_us": round(_intersection(run, backward), 3)}
+    steps = sorted({(e.get("args") or {}).get("step") for e in ops} - {None})
+    early = 0
+    for step in steps:
+        first = min((e["ts"] for e in sync if e["args"].get("step") == step), default=None)
+        last = max((e["ts"] + e["dur"] for e in back if e["args"].get("step") == step),
+                   default=None)
+        early += first is not None and last is not None and first < last
+    return {"devices": per_device, "sync_ops": len(sync), "backward_ops": len(back),
+            "backward_us": round(_length(backward), 3), "steps": len(steps),
+            "steps_sync_before_backward_end": early,
+            "first_sync_us": min((e["ts"] for e in sync), default=None),
+            "last_backward_end_us": max((end for _s, end in backward), default=None)}
+
+
+def format_overlap(report: Mapping[str, Any]) -> str:
+    """The overlap report as a few lines for the console."""
+    lines = [f"overlap of gradient sync with backward ({report['steps']} steps, "
+             f"{report['sync_ops']} sync / {report['backward_ops']} backward op runs, "
+             f"backward busy {report['backward_us'] / 1e3:.3f} ms):"]
+    if not report["devices"]:
+        lines.append("  no gradient-sync ops ran in this process (the step is not data parallel, "
+                     "or its replicas ran on gRPC workers, whose kernels are not profiled)")
+    for device, d in report["devices"].items():
+        lines.append(f"  {device}: sync in flight {d['sync_us'] / 1e3:.3f} ms, "
+                     f"{d['overlap_us'] / 1e3:.3f} ms of it during backward; sync kernels "
+                     f"running {d['active_us'] / 1e3:.3f} ms, "
+                     f"{d['active_overlap_us'] / 1e3:.3f} ms during backward")
+    if report["devices"]:
+        lines.append(f"  steps where sync started before backward ended: "
+                     f"{report['steps_sync_before_backward_end']} of {report['steps']}")
+    return "\n".join(lines)
+
+
+@dataclass
+class OpTrace:
+    """The events of one profiled run (filled when ``trace_ops`` exits)."""
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"traceEvents": self.events, "displayTimeUnit": "ms",
+                "otherData": {"tfplace_overlap": overlap_report(self.events)}}
+
+    def overlap(self) -> dict[str, Any]:
+        return overlap_report(self.events)
+
+
+def write_trace(trace: OpTrace, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(trace.as_json(), f)
+
+
+@contextlib.contextmanager
+def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
+    """Profile the TF ops run inside the block; the events appear on the yielded OpTrace."""
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    result = OpTrace()
+    with tempfile.TemporaryDirectory(prefix="tfplace_trace_") as logdir:
+        opts = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3,
+                                                        python_tracer_level=0,
+                                                        device_tracer_level=1)
+        try:
+            tf.profiler.experimental.start(logdir, options=opts)
+        except tf.errors.AlreadyExistsError as e:
+            raise BackendError("another TF profiler session is running in this process; stop "
+                               "it before tracing a tfplace step") from e
+        try:
+            yield result
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        for path in glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")):
+            with open(path, "rb") as f:
+                part = xplane_pb2.XSpace()
+                part.ParseFromString(f.read())
+            space.planes.extend(part.planes)
+    result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
+
+
+def trace_steps(executor: Any, args: Sequence[Any], steps: int, path: str | None = None,
+                kwargs: Mapping[str, Any] | None = None) -> OpTrace:
+    """Run ``executor(*args, **kwargs)`` ``steps`` times under the profiler; write the Chrome
+    trace to ``path`` when given, and return it."""
+    import tensorflow as tf
+    with trace_ops(executor.graph_def) as trace:
+        for _ in range(steps):
+            out = executor(*args, **dict(kwargs or {}))
+            for t in tf.nest.flatten(out):          # wait for the step before the next one
+                getattr(t, "numpy", lambda: None)()
+    if path:
+        write_trace(trace, path)
+    return trace

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import models
 import tfplace
@@ -38,3 +39,20 @@ def test_fit_callback_matches_plain_fit(local4, tmp_path):
                                rtol=1e-5, atol=1e-6)
     # plain fit afterwards still works and trains the same model
     got.fit(x, y, batch_size=16, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("sync", ["ring", "ps"])
+def test_fit_callback_data_parallel_matches_plain_fit(local4, sync):
+    """2 replicas under model.fit: losses, metrics (summed accumulators), weights, evaluate."""
+    ref, got = _compiled("mlp")
+    x, y = models.data("mlp", batch=64)
+    h_ref = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    cb = tfplace.keras.Parallelize(cluster=local4, placer="single", data_parallel=2, sync=sync)
+    h_got = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    assert cb.plan.num_replicas == 2
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(h_got.history[key], h_ref.history[key], rtol=1e-5)
+    for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0),
+                               rtol=1e-5)

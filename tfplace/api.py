@@ -46,7 +46,7 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
 def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
                  writeback: str = "step", calibration: Any = None,
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
-                 fusion_bytes: int | None = None) -> Any:
+                 fusion_bytes: int | None = None, sum_variables: Any = ()) -> Any:
     """Plan, rewrite and load a captured step; returns the runtime Executor.
 
     With ``data_parallel`` > 1 the step must have been captured on ONE replica's share of the
@@ -65,7 +65,7 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
         prepare(cluster, cluster.names)
         collectives = collectives_ready(cluster)
     return Executor(captured, rewrite_captured(captured, plan, collectives=collectives), plan,
-                    cluster=cluster, writeback=writeback)
+                    cluster=cluster, writeback=writeback, sum_variables=sum_variables)
 
 
 def _signature_key(args: tuple, kwargs: dict) -> Any:

@@ -16,11 +16,17 @@ def _callback_base() -> type:
 class _ParallelizeImpl:
     """Shared behaviour; the Keras subclass is created lazily so importing tfplace stays light."""
 
-    def __init__(self, *, cluster: Cluster, placer: str = "m_etf", calibration: Any = None) -> None:
+    def __init__(self, *, cluster: Cluster, placer: str = "m_etf", calibration: Any = None,
+                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
+                 fusion_bytes: int | None = None) -> None:
         super().__init__()
         from tfplace.placers import get_placer
+        from tfplace.replicas import replica_count
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
+        self.data_parallel = replica_count(cluster, data_parallel)
+        self.sync_options = {"sync": sync, "sync_backend": sync_backend,
+                             "fusion_bytes": fusion_bytes}
         self.executor: Any = None
         self._original: Any = None
 
@@ -32,9 +38,17 @@ class _ParallelizeImpl:
         if self.executor is None:
             from tfplace.api import compile_step
             from tfplace.capture import capture_keras_train_step
-            captured = capture_keras_train_step(self.model, data)
+            shard = data
+            if self.data_parallel > 1:
+                from tfplace.data_parallel import shard_args
+                (shard,), _ = shard_args((data,), self.data_parallel)
+            captured = capture_keras_train_step(self.model, shard)
+            # metric totals and counts add up across replicas; everything else is replica 0's
+            metric_vars = [getattr(v, "value", v) for v in self.model.metrics_variables]
             self.executor = compile_step(captured, self.cluster, placer=self.placer,
-                                         writeback="step", calibration=self.calibration)
+                                         writeback="step", calibration=self.calibration,
+                                         data_parallel=self.data_parallel,
+                                         sum_variables=metric_vars, **self.sync_options)
         return self.executor(data)
 
     def on_train_begin(self, logs: Any = None) -> None:
@@ -70,9 +84,16 @@ class _ParallelizeImpl:
 _cls: type | None = None
 
 
-def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = None) -> Any:
-    """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change."""
+def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = None,
+                data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
+                fusion_bytes: int | None = None) -> Any:
+    """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change.
+
+    The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
+    yields are the global batches, split across the replicas."""
     global _cls
     if _cls is None:
         _cls = type("Parallelize", (_ParallelizeImpl, _callback_base()), {"__module__": __name__})
-    return _cls(cluster=cluster, placer=placer, calibration=calibration)
+    return _cls(cluster=cluster, placer=placer, calibration=calibration,
+                data_parallel=data_parallel, sync=sync, sync_backend=sync_backend,
+                fusion_bytes=fusion_bytes)

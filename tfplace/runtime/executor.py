@@ -34,7 +34,11 @@ class Executor:
     the user's variables at the end of every step, so the user's model always sees them."""
 
     def __init__(self, captured: Captured, graph_def: Any, plan: Any, *,
-                 cluster: Any = None, writeback: str = "step") -> None:
+                 cluster: Any = None, writeback: str = "step",
+                 sum_variables: Any = ()) -> None:
+        """``sum_variables``: the user's variables that are accumulators (Keras metric totals
+        and counts): with replicas, each replica accumulates its own share and the user's
+        variable receives the SUM over replicas; every other variable receives replica 0's."""
         import tensorflow as tf
         if writeback not in WRITEBACK_MODES:
             from tfplace.errors import PlanError
@@ -46,6 +50,7 @@ class Executor:
         self.pairs: list[tuple[str, Any, Any]] = []      # (placeholder, user's var, placed var)
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
+        sum_ids = {id(v) for v in sum_variables}
         for node in graph_def.node:
             if node.op != "Placeholder" or node.name in captured.inputs:
                 continue
@@ -61,13 +66,19 @@ class Executor:
             if orig is None:
                 raise GraphError(f"placeholder {node.name!r} of the rewritten graph is neither an "
                                  "argument, a captured constant nor a variable of the step")
-            if _same_device(orig.device, node.device) and _is_primary(node.name):
+            if _same_device(orig.device, node.device) and _is_primary(node.name) and \
+                    id(orig) not in sum_ids:
                 placed = orig
             else:
                 with tf.device(node.device):
                     placed = tf.Variable(orig.read_value(), trainable=orig.trainable,
                                          name=base.replace("/", "_") + "_tfplace")
             self.pairs.append((node.name, orig, placed))
+        self.sums: dict[int, tuple[Any, list[Any]]] = {}   # id(user var) -> (var, replicas)
+        if len({_base_name(n) for n, _o, _p in self.pairs}) < len(self.pairs):  # replicated
+            for _n, orig, placed in self.pairs:
+                if id(orig) in sum_ids:
+                    self.sums.setdefault(id(orig), (orig, []))[1].append(placed)
         self._consumers = self._resource_consumers()
         self._fn = tf.function(self._body, input_signature=self._input_specs())
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
@@ -110,9 +121,7 @@ class Executor:
         consumer_ops = list(got[len(c.outputs):])
         if self.writeback == "step":
             with tf.control_dependencies(consumer_ops):
-                copies = [orig.assign(placed.read_value(), read_value=False)
-                          for node, orig, placed in self.pairs
-                          if placed is not orig and _is_primary(node)]
+                copies = self._write_back_ops()
             if copies:
                 with tf.control_dependencies(copies):
                     outputs = [tf.identity(o) for o in outputs]
@@ -133,16 +142,34 @@ class Executor:
                              "applied: restart the workers and retry") from e
         return self.captured.pack_outputs(out)
 
-    def write_back(self) -> None:
-        """Copy the placed variables' values (replica 0's) into the user's variables."""
+    def _write_back_ops(self) -> list[Any]:
+        import tensorflow as tf
+        ops = []
         for node, orig, placed in self.pairs:
-            if placed is not orig and _is_primary(node):
-                orig.assign(placed.read_value())
+            if placed is orig or not _is_primary(node):
+                continue
+            if id(orig) in self.sums:
+                total = tf.add_n([p.read_value() for p in self.sums[id(orig)][1]])
+                ops.append(orig.assign(total, read_value=False))
+            else:
+                ops.append(orig.assign(placed.read_value(), read_value=False))
+        return ops
+
+    def write_back(self) -> None:
+        """Copy the placed values into the user's variables (replica 0's, or the replicas'
+        sum for accumulators)."""
+        self._write_back_ops()
 
     def refresh(self) -> None:
-        """Copy the user's variables into the placed ones (after the user assigned to them)."""
-        for _node, orig, placed in self.pairs:
-            if placed is not orig:
+        """Copy the user's variables into the placed ones (after the user assigned to them);
+        an accumulator's value goes to replica 0 and the other replicas restart from zero."""
+        import tensorflow as tf
+        for node, orig, placed in self.pairs:
+            if placed is orig:
+                continue
+            if id(orig) in self.sums and not _is_primary(node):
+                placed.assign(tf.zeros_like(placed))
+            else:
                 placed.assign(orig.read_value())
 
     @property

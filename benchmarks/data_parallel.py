@@ -1,0 +1,388 @@
+"""Data-parallel training throughput: a real CNN on 1 worker vs 2 core-pinned workers (tfplace)
+vs tf.distribute.MultiWorkerMirroredStrategy on the same 2 core-pinned workers.
+
+    python benchmarks/data_parallel.py [--rounds 2] [--steps 40] [--warmup 10] [--batch 64]
+                                       [--syncs ring,auto,ps] [--no-diagnostics]
+
+Every configuration runs in its own subprocess (a process can connect to only one gRPC cluster),
+one after another; the whole set is repeated ``--rounds`` times in alternating order, and the
+table reports the median over all timed steps of all rounds. Weak scaling (as Horovod measures):
+each worker gets ``--batch`` examples, so the global batch is workers x batch.
+
+  tfplace 1w      launch_local(workers=1), placer="single", global batch = batch
+  tfplace 2w      launch_local(workers=2), data_parallel=2, sync=ring|auto|ps, global batch 2 x batch
+  MWMS 2w         2 processes, each pinned to its own core (intra-op threads 1), TF_CONFIG on
+                  127.0.0.1, MultiWorkerMirroredStrategy with RING collectives; each reports its
+                  median step time and the parent computes examples/s from the slower one
+  plain 1 core    (diagnostic) the same step as a plain tf.function in one process pinned to one
+                  core: the compute floor a worker can reach
+
+The tfplace client process (the one that calls the step, splits the global batch and receives the
+loss and, with writeback="step", the variables) is not pinned and its CPU use is part of the cost.
+
+Targets: tfplace 2w (ring) >= 1.7x tfplace 1w;  tfplace 2w (ring) >= 1.0x MWMS 2w.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.abspath(__file__)
+RESULT = "DPBENCH_RESULT "
+
+
+# ---------------------------------------------------------------------------------------------
+# the model and the step (shared by every child)
+
+def build_model(keras, width: int = 16):
+    """VGG-ish: strided stem to 16x16, three double-conv blocks, dense head (~143k params)."""
+    keras.utils.set_random_seed(0)
+    L = keras.layers
+    inp = keras.Input((32, 32, 3))
+    h = L.Conv2D(width, 3, strides=2, padding="same", activation="relu")(inp)
+    for f in (width, 2 * width, 4 * width):
+        h = L.Conv2D(f, 3, padding="same", activation="relu")(h)
+        h = L.Conv2D(f, 3, padding="same", activation="relu")(h)
+        h = L.MaxPooling2D(2)(h)
+    h = L.Flatten()(h)
+    h = L.Dense(256, activation="relu")(h)
+    out = L.Dense(10)(h)
+    return keras.Model(inp, out)
+
+
+def make_data(tf, batch: int, seed: int = 0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.standard_normal((batch, 32, 32, 3)).astype("float32"))
+    y = tf.constant(rng.integers(0, 10, size=(batch,)).astype("int32"))
+    return x, y
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """user + system CPU seconds of a process (this one by default), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(call, steps: int, warmup: int, pids: tuple = ()) -> tuple[list[float], list[float],
+                                                                     list[float]]:
+    """Step times, losses, and CPU ms per timed step of this process and of each of ``pids``."""
+    losses = []
+    for _ in range(warmup):
+        losses.append(float(call()))
+    times = []
+    cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+    for _ in range(steps):
+        t = time.perf_counter()
+        losses.append(float(call()))
+        times.append(time.perf_counter() - t)
+    cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+    return times, losses, [(b - a) * 1e3 / steps for a, b in zip(cpu0, cpu1)]
+
+
+def emit(obj: dict) -> None:
+    print(RESULT + json.dumps(obj), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# children
+
+def child_tfplace(a: argparse.Namespace) -> None:
+    import tfplace
+    t0 = time.perf_counter()
+    cluster = tfplace.Cluster.launch_local(workers=a.workers, devices_per_worker=1)
+    try:
+        import keras
+        import tensorflow as tf
+        model = build_model(keras)
+        opt = keras.optimizers.SGD(0.01, momentum=0.9)
+        if a.build_optimizer:     # optimizer slots exist before the first trace
+            opt.build(model.trainable_variables)
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        kw = {"data_parallel": a.workers, "sync": a.sync} if a.workers > 1 else {}
+        step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
+                                   writeback=a.writeback, **kw)
+        x, y = make_data(tf, a.batch * a.workers)         # global batch, already on the client
+        step(x, y)
+        setup = time.perf_counter() - t0
+        pids = tuple(p.pid for p in cluster._launcher.procs)  # noqa: SLF001 - for CPU accounting
+        times, losses, cpu = timed(lambda: step(x, y).numpy(), a.steps, a.warmup, pids)
+        plan = step.plan
+        sync = plan.sync
+        emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
+              "global_batch": a.batch * a.workers, "setup_s": setup,
+              "synced_gradients": sum(len(b.gradients) for b in step.plan.buckets),
+              "synced_bytes": sum(b.bytes for b in step.plan.buckets),
+              "cpu_ms": {"client": cpu[0], **{f"w{i}": c for i, c in enumerate(cpu[1:])}},
+              "sync_method": sync.method if sync else None,
+              "reason": sync.reason if sync else None,
+              "moved_variables": step.executor.moved_variables})
+    finally:
+        cluster.shutdown()
+
+
+def child_plain(a: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    import keras
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    model = build_model(keras)
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    x, y = make_data(tf, a.batch)
+    times, losses, cpu = timed(lambda: train_step(x, y).numpy(), a.steps, a.warmup)
+    emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
+          "global_batch": a.batch, "cpu_ms": {"proc": cpu[0]}})
+
+
+def child_mwms(a: argparse.Namespace) -> None:
+    """One MWMS worker: pinned to core ``index``, one intra-op thread (like tfplace's workers)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[a.index % len(cpus)]})
+    import keras
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    comm = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=comm)
+    n = strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = build_model(keras)
+        opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="none")
+    global_batch = a.batch * n
+
+    def replica_step(x, y):
+        with tf.GradientTape() as tape:
+            per_example = loss_fn(y, model(x, training=True))
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))   # Keras all-reduces (sum)
+        return loss
+
+    @tf.function
+    def train_step(x, y):
+        per_replica = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    # each worker its own shard of the global batch (worker i gets rows i*B:(i+1)*B)
+    gx, gy = make_data(tf, global_batch)
+    x, y = gx[a.index * a.batch:(a.index + 1) * a.batch], gy[a.index * a.batch:(a.index + 1) * a.batch]
+    times, losses, cpu = timed(lambda: train_step(x, y).numpy(), a.steps, a.warmup)
+    checksum = float(sum(tf.reduce_sum(tf.cast(v, tf.float64)).numpy()
+                         for v in model.trainable_variables))
+    emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
+          "global_batch": global_batch, "checksum": checksum, "index": a.index,
+          "cpu_ms": cpu[0]})
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent
+
+_children: list[subprocess.Popen] = []
+
+
+def _kill_children() -> None:
+    for p in _children:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)       # the child's own session: it + its workers
+            except ProcessLookupError:
+                pass
+    for p in _children:
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    _children.clear()
+
+
+def _spawn(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, HERE, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env=dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="2"))
+    _children.append(p)
+    return p
+
+
+def _collect(procs: list[subprocess.Popen], timeout: float) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            lines = [ln for ln in out.splitlines() if ln.startswith(RESULT)]
+            if p.returncode != 0 or not lines:
+                tail = "\n".join(err.strip().splitlines()[-15:])
+                raise RuntimeError(f"child {p.args[2:]} failed (exit {p.returncode}):\n{tail}")
+            results.append(json.loads(lines[-1][len(RESULT):]))
+    finally:
+        _kill_children()
+    return results
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_config(cfg: dict, a: argparse.Namespace) -> dict:
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch)]
+    if cfg["kind"] == "tfplace":
+        p = _spawn(["--child", "tfplace", "--workers", str(cfg["workers"]), "--sync",
+                    cfg.get("sync", "ring"), "--writeback", cfg.get("writeback", "step"), *common])
+        r = _collect([p], a.timeout)[0]
+        return {**r, "step_s": r["times"]}
+    if cfg["kind"] == "plain":
+        r = _collect([_spawn(["--child", "plain", *common])], a.timeout)[0]
+        return {**r, "step_s": r["times"]}
+    ports = [_free_port() for _ in range(2)]
+    procs = []
+    for i in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": i}}))
+        procs.append(_spawn(["--child", "mwms", "--index", str(i), *common], env=env))
+    rs = _collect(procs, a.timeout)
+    # synchronous steps: the throughput is set by the slower worker's step, per step
+    step_s = [max(ts) for ts in zip(*(r["times"] for r in rs))]
+    c0, c1 = rs[0]["checksum"], rs[1]["checksum"]
+    return {**rs[0], "step_s": step_s, "cpu_ms": {f"w{r['index']}": r["cpu_ms"] for r in rs},
+            "workers_agree": abs(c0 - c1) <= 1e-6 * max(1.0, abs(c0)),
+            "checksums": [c0, c1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", choices=["tfplace", "mwms", "plain"])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--sync", default="ring")
+    ap.add_argument("--writeback", default="step", choices=["step", "manual"])
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--build-optimizer", action="store_true",
+                    help="tfplace child: build the optimizer's slots before the first trace")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=64, help="per-worker batch")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--syncs", default="ring,auto,ps", help="tfplace 2-worker sync methods")
+    ap.add_argument("--no-diagnostics", action="store_true",
+                    help="skip the plain 1-core and writeback='manual' rows")
+    ap.add_argument("--timeout", type=float, default=150.0, help="per configuration, seconds")
+    ap.add_argument("--budget", type=float, default=540.0,
+                    help="start another round only if it should end within this many seconds")
+    a = ap.parse_args()
+    if a.child:
+        {"tfplace": child_tfplace, "mwms": child_mwms, "plain": child_plain}[a.child](a)
+        return
+
+    atexit.register(_kill_children)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: (_kill_children(), sys.exit(1)))
+
+    syncs = [s for s in a.syncs.split(",") if s]
+    configs = [{"name": "tfplace 1w", "kind": "tfplace", "workers": 1}]
+    configs += [{"name": f"tfplace 2w {s}", "kind": "tfplace", "workers": 2, "sync": s}
+                for s in syncs]
+    configs += [{"name": "MWMS 2w ring", "kind": "mwms"}]
+    if not a.no_diagnostics:
+        configs += [{"name": "tfplace 1w manual-wb", "kind": "tfplace", "workers": 1,
+                     "writeback": "manual"},
+                    {"name": "tfplace 2w ring manual-wb", "kind": "tfplace", "workers": 2,
+                     "sync": "ring", "writeback": "manual"},
+                    {"name": "plain 1 core (no tfplace)", "kind": "plain"}]
+    load = os.getloadavg()[0]
+    print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, "
+          f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; "
+          f"python {sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, "
+          f"load avg {load:.2f}", flush=True)
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    extra: dict[str, dict] = {}
+    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    t_start = time.perf_counter()
+    for rnd in range(a.rounds):
+        spent = time.perf_counter() - t_start
+        if rnd and spent / rnd * (rnd + 1) > a.budget:
+            print(f"  (stopping after {rnd} round(s): another would pass --budget {a.budget:.0f} s)")
+            break
+        order = configs if rnd % 2 == 0 else configs[::-1]
+        for cfg in order:
+            t = time.perf_counter()
+            r = run_config(cfg, a)
+            samples[cfg["name"]] += r["step_s"]
+            extra[cfg["name"]] = r
+            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
+            med = statistics.median(r["step_s"])
+            print(f"  round {rnd + 1} {cfg['name']:<28} median step {med * 1e3:7.1f} ms  "
+                  f"{r['global_batch'] / med:8.0f} ex/s  loss {r['first_loss']:.3f}->"
+                  f"{r['last_loss']:.3f}  cpu ms/step "
+                  + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
+                  + f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+    def eps(name: str) -> float:
+        return extra[name]["global_batch"] / statistics.median(samples[name])
+
+    base = eps("tfplace 1w")
+    mwms = eps("MWMS 2w ring")
+    print()
+    print(f"{'config':<28} {'global batch':>12} {'step ms':>8} {'examples/s':>11} "
+          f"{'vs 1w':>6} {'vs MWMS':>8}  CPU ms/step by process (mean of rounds)")
+    for cfg in configs:
+        n = cfg["name"]
+        print(f"{n:<28} {extra[n]['global_batch']:>12} "
+              f"{statistics.median(samples[n]) * 1e3:>8.1f} {eps(n):>11.0f} "
+              f"{eps(n) / base:>5.2f}x {eps(n) / mwms:>7.2f}x  "
+              + " ".join(f"{k} {statistics.mean(c[k] for c in cpu_rounds[n]):.0f}"
+                         for k in cpu_rounds[n][0]))
+    print()
+    for s in syncs:
+        r = extra[f"tfplace 2w {s}"]
+        print(f"tfplace 2w sync={s!r}: plan chose {r['sync_method']}; reason: {r['reason']}")
+    m = extra["MWMS 2w ring"]
+    print(f"MWMS workers' weights agree after training: {m['workers_agree']} "
+          f"(checksums {m['checksums'][0]:.6f}, {m['checksums'][1]:.6f})")
+    ring = eps("tfplace 2w ring") if "ring" in syncs else eps(f"tfplace 2w {syncs[0]}")
+    checks = [(ring / base >= 1.7, f"tfplace 2w ring >= 1.7x tfplace 1w ({ring / base:.2f}x)"),
+              (ring / mwms >= 1.0, f"tfplace 2w ring >= 1.0x MWMS 2w ({ring / mwms:.2f}x)")]
+    for ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

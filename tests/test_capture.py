@@ -100,3 +100,25 @@ def test_sparse_gradients_are_marked_as_slices():
     c = capture(step, (np.zeros((4, 5), "int32"), np.zeros((4, 1), "float32")))
     sparse = [m for m in c.gradients if m.sparse]
     assert len(sparse) == 1 and sparse[0].dense_shape == (50, 8)
+
+
+def test_marks_come_from_the_captured_trace_only():
+    """A momentum optimizer builds its slots on the first trace and TF traces again: each
+    gradient must still be marked (and later synced) exactly once."""
+    import keras
+    import tensorflow as tf
+    model = models.build("mlp")
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+    c = capture(step, models.data("mlp"))
+    assert len(c.gradients) == len(model.trainable_variables)
+    assert len({m.node for m in c.gradients}) == len(c.gradients)
+    names = {n.name for n in c.graph_def.node}
+    assert all(m.node in names for m in c.gradients)

@@ -104,7 +104,7 @@ def _concrete(fn: Any, args: tuple, kwargs: dict) -> Any:
 def capture(fn: Any, args: tuple = (), kwargs: dict | None = None) -> Captured:
     """Trace ``fn`` with ``args``/``kwargs`` (or its input_signature) into a ``Captured``."""
     import tensorflow as tf
-    from tfplace.grad_marks import marking_gradients
+    from tfplace.grad_marks import marking_gradients, marks_of
     with marking_gradients() as marks:
         cf = _concrete(fn, tuple(args), dict(kwargs or {}))
     graph = cf.graph
@@ -139,7 +139,7 @@ def capture(fn: Any, args: tuple = (), kwargs: dict | None = None) -> Captured:
                     variables=tuple(sorted(variables, key=lambda v: v.node)),
                     bindings=bindings, constants=constants, concrete=cf, input_specs=specs,
                     description=getattr(fn, "__name__", type(fn).__name__), example=tuple(args),
-                    gradients=tuple(marks))
+                    gradients=marks_of(marks, graph))
 
 
 def capture_keras_train_step(model: Any, data: Any) -> Captured:

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-__all__ = ["GradientMark", "marking_gradients", "MARK_PREFIX"]
+__all__ = ["GradientMark", "marking_gradients", "marks_of", "MARK_PREFIX"]
 
 MARK_PREFIX = "tfplace_grad"
 _state = threading.local()
@@ -26,8 +26,9 @@ class GradientMark:
         return bool(self.indices)
 
 
-def _mark(g: Any, marks: list[GradientMark]) -> Any:
+def _mark(g: Any, marks: list[tuple[Any, GradientMark]]) -> Any:
     import tensorflow as tf
+    graph = tf.compat.v1.get_default_graph()
     if g is None:
         return None
     if isinstance(g, tf.IndexedSlices):
@@ -35,20 +36,23 @@ def _mark(g: Any, marks: list[GradientMark]) -> Any:
         indices = tf.identity(g.indices, name=f"{MARK_PREFIX}_indices")
         shape = tuple(int(d) for d in tf.get_static_value(g.dense_shape)) \
             if g.dense_shape is not None and tf.get_static_value(g.dense_shape) is not None else ()
-        marks.append(GradientMark(values.op.name, indices.op.name, shape))
+        marks.append((graph, GradientMark(values.op.name, indices.op.name, shape)))
         return tf.IndexedSlices(values, indices, g.dense_shape)
     if not isinstance(g, tf.Tensor):
         return g
     marked = tf.identity(g, name=MARK_PREFIX)
-    marks.append(GradientMark(marked.op.name))
+    marks.append((graph, GradientMark(marked.op.name)))
     return marked
 
 
 @contextlib.contextmanager
-def marking_gradients() -> Iterator[list[GradientMark]]:
-    """Patch ``tf.GradientTape.gradient`` for the duration of one trace; yields the marks."""
+def marking_gradients() -> Iterator[list[tuple[Any, GradientMark]]]:
+    """Patch ``tf.GradientTape.gradient`` while tracing; yields (graph, mark) pairs.
+
+    A step may be traced more than once (a Keras optimizer creates its slots on the first
+    trace and TF traces again): keep only the marks of the graph you capture (``marks_of``)."""
     import tensorflow as tf
-    marks: list[GradientMark] = []
+    marks: list[tuple[Any, GradientMark]] = []
     original = tf.GradientTape.gradient
 
     def gradient(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -65,3 +69,8 @@ def marking_gradients() -> Iterator[list[GradientMark]]:
     finally:
         _state.active = False
         tf.GradientTape.gradient = original
+
+
+def marks_of(marks: list[tuple[Any, GradientMark]], graph: Any) -> tuple[GradientMark, ...]:
+    """The marks made while tracing ``graph`` itself."""
+    return tuple(m for g, m in marks if g is graph)

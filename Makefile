@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfplace-installed
 
-.PHONY: venv install protos test demo clean
+.PHONY: venv install protos test demo horovod clean
 
 venv: $(VPY)
 
@@ -31,6 +31,11 @@ test: $(STAMP) protos
 
 demo: $(STAMP) protos
 	$(VPY) examples/demo.py
+
+# Horovod 0.28.1 patched for this TF (see README "Horovod backend"): the first run builds a wheel
+# into $TFPLACE_CACHE (default ~/.cache/tfplace; 10-20 min on 2 cores), later runs only install it.
+horovod: $(STAMP)
+	PYTHON=$(VPY) tools/build_horovod.sh
 
 clean:
 	rm -rf build dist *.egg-info tfplace/_pb/*_pb2.py tfplace/_pb/*_pb2.pyi

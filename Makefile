@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.tfplace-installed
 
-.PHONY: venv install protos test demo horovod clean
+.PHONY: venv install protos test typecheck demo horovod clean
 
 venv: $(VPY)
 
@@ -28,6 +28,9 @@ protos: $(STAMP)
 
 test: $(STAMP) protos
 	$(VPY) -m pytest -q -p no:cacheprovider tests
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy tfplace --ignore-missing-imports
 
 demo: $(STAMP) protos
 	$(VPY) examples/demo.py

@@ -116,13 +116,13 @@ class OpDag:
         for i, old in enumerate(order):
             ins = [(new_of[j], k) for j, k in data[old]]
             byts: dict[int, int] = {}
-            for j, k in ins:
+            for j, out in ins:
                 ob = out_bytes[j]
-                byts[j] = byts.get(j, 0) + (ob[k] if k < len(ob) else 0)
+                byts[j] = byts.get(j, 0) + (ob[out] if out < len(ob) else 0)
                 cons = consumers[j]
-                if k >= len(cons):
-                    cons.extend([] for _ in range(k + 1 - len(cons)))
-                cons[k].append(i)
+                if out >= len(cons):
+                    cons.extend([] for _ in range(out + 1 - len(cons)))
+                cons[out].append(i)
             rp = raw_preds[old]
             if len(rp) != len(ins):                 # control inputs add byte-less edges
                 for j in rp[len(ins):]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, TypedDict
 
 from tfplace.capture import Captured, capture
 from tfplace.cluster import Cluster
@@ -11,6 +11,13 @@ from tfplace.plan import Plan
 
 __all__ = ["parallelize", "ParallelFunction", "plan_captured", "rewrite_captured", "compile_step",
            "load_source", "run_source"]
+
+
+class SyncOptions(TypedDict):
+    """The gradient-sync keywords the front doors keep and pass on to compile_step."""
+    sync: str
+    sync_backend: str
+    fusion_bytes: int | None
 
 
 def plan_captured(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
@@ -71,7 +78,7 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
 def _signature_key(args: tuple, kwargs: dict) -> Any:
     """Shapes and dtypes of tensor leaves, values of the rest: one trace per distinct key."""
     import tensorflow as tf
-    key = []
+    key: list[tuple[tuple[Any, ...], str] | str] = []
     for x in tf.nest.flatten((args, kwargs)):
         shape = getattr(x, "shape", None)
         if shape is not None and hasattr(x, "dtype"):
@@ -95,8 +102,8 @@ class ParallelFunction:
         self.cluster, self.placer, self.writeback = cluster, placer, writeback
         self.calibration = calibration
         self.data_parallel = replica_count(cluster, data_parallel)
-        self.sync_options = {"sync": sync, "sync_backend": sync_backend,
-                             "fusion_bytes": fusion_bytes}
+        self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
+                                          "fusion_bytes": fusion_bytes}
         self._executors: dict[Any, Any] = {}
         self._last: Any = None
         functools.update_wrapper(self, fn)

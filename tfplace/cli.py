@@ -7,11 +7,12 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence, TypedDict
 
 from tfplace.errors import BackendError, ClusterError, TfplaceError
 
 if TYPE_CHECKING:
+    from tfplace.api import SyncOptions
     from tfplace.cluster import Cluster
     from tfplace.plan import Plan
 
@@ -51,10 +52,28 @@ def resolve_cluster(spec: str) -> "Cluster":
     return Cluster.from_file(spec)
 
 
-def _source_options(args: argparse.Namespace) -> dict[str, object]:
+class _BatchOption(TypedDict, total=False):
+    batch_size: int
+
+
+class _SourceOptions(_BatchOption, total=False):
+    signature: str
+
+
+def _source_options(args: argparse.Namespace) -> _SourceOptions:
     """Only the options given on the line, so the core API keeps its own defaults."""
-    opts = {"signature": getattr(args, "signature", None), "batch_size": args.batch_size}
-    return {k: v for k, v in opts.items() if v is not None}
+    opts: _SourceOptions = {}
+    signature = getattr(args, "signature", None)
+    if signature is not None:
+        opts["signature"] = signature
+    if args.batch_size is not None:
+        opts["batch_size"] = args.batch_size
+    return opts
+
+
+def _batch_option(args: argparse.Namespace) -> _BatchOption:
+    """`run` has no --signature: only --batch-size, when given."""
+    return {} if args.batch_size is None else {"batch_size": args.batch_size}
 
 
 DEFAULT_BATCH = 32                                      # api.load_source's default
@@ -81,7 +100,7 @@ def _sync_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(SYNC_CHOICES), tuple(BACKENDS)
 
 
-def _sync_options(args: argparse.Namespace) -> dict[str, object]:
+def _sync_options(args: argparse.Namespace) -> SyncOptions:
     return {"sync": args.sync, "sync_backend": args.sync_backend,
             "fusion_bytes": args.fusion_bytes}
 
@@ -123,7 +142,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
         else:                                            # capture one replica's share
             from tfplace.data_parallel import plan_data_parallel
-            opts = {**_source_options(args), "batch_size": _shard_batch(args, replicas)}
+            opts = _source_options(args)
+            opts["batch_size"] = _shard_batch(args, replicas)
             captured = load_source(args.source, **opts)
             plan = plan_data_parallel(captured, cluster, replicas=replicas, placer=args.placer,
                                       sync=args.sync, backend=args.sync_backend,
@@ -186,7 +206,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from tfplace.api import run_source
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
                             trace=args.trace, data_parallel=args.data_parallel,
-                            **_sync_options(args), **_source_options(args))
+                            **_sync_options(args), **_batch_option(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
     if args.trace:

@@ -5,7 +5,7 @@ import difflib
 import json
 import os
 import re
-from typing import Any
+from typing import Any, cast
 
 from tfplace.cluster import (DEFAULT_BANDWIDTH, DEFAULT_FLOPS, DEFAULT_LATENCY, DEFAULT_MEMORY,
                              GRPC_BANDWIDTH, GRPC_LATENCY, KINDS, Cluster, Device, Link, Task,
@@ -166,7 +166,7 @@ def _parse_devices(raw: Any, problems: list[str]) -> list[Device]:
             problems.append(f"duplicate device name {name!r} (devices[{seen[name]}] and {where}); "
                             "give every device a unique name")
         else:
-            seen[name] = i
+            seen[cast(str, name)] = i                # m matched, so name is a str
         named_kind = m.group(1) if m and m.group(1) in KINDS else "CPU"
         kind = d.get("kind", named_kind)
         if kind not in KINDS:

@@ -94,7 +94,8 @@ def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) ->
     from tfplace.rewrite.replicate import ReplicationSpec
     nodes = {n.name: n for n in captured.graph_def.node}
     shard = None
-    batch, shared = [], []
+    batch: list[str] = []
+    shared: list[str] = []
     for name in captured.inputs:
         dims = nodes[name].attr["shape"].shape.dim
         lead = int(dims[0].size) if dims else None

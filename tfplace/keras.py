@@ -1,9 +1,12 @@
 """The Keras front door: a callback that makes ``model.fit`` run its step through tfplace."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfplace.cluster import Cluster
+
+if TYPE_CHECKING:
+    from tfplace.api import SyncOptions
 
 __all__ = ["Parallelize"]
 
@@ -16,6 +19,10 @@ def _callback_base() -> type:
 class _ParallelizeImpl:
     """Shared behaviour; the Keras subclass is created lazily so importing tfplace stays light."""
 
+    # Set by keras.callbacks.Callback (set_model) on the concrete subclass; declared here for the
+    # type checker only (an annotation, no class attribute, so Keras' own `model` still applies).
+    model: Any
+
     def __init__(self, *, cluster: Cluster, placer: str = "m_etf", calibration: Any = None,
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None) -> None:
@@ -25,8 +32,8 @@ class _ParallelizeImpl:
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
         self.data_parallel = replica_count(cluster, data_parallel)
-        self.sync_options = {"sync": sync, "sync_backend": sync_backend,
-                             "fusion_bytes": fusion_bytes}
+        self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
+                                          "fusion_bytes": fusion_bytes}
         self.executor: Any = None
         self._original: Any = None
 

@@ -226,7 +226,7 @@ def to_calibration(figures: Mapping[str, Any], device_flops: float) -> Calibrati
     if not (math.isfinite(device_flops) and device_flops > 0):
         raise PlanError(f"device_flops must be a positive finite FLOP/s (got {device_flops!r})")
     scales = {fam: float(figures[fig]) / device_flops for fam, fig in _FAMILY_FIGURE.items()}
-    return Calibration(flops_per_second_scale=scales,
+    return Calibration(flops_per_second_scale=tuple(scales.items()),
                        overhead_seconds=float(figures["op_overhead_seconds"]))
 
 

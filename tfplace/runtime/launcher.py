@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any
+from typing import IO, Any, cast
 
 from tfplace.cluster import Cluster, Task, grpc_cluster
 from tfplace.errors import ClusterError, WorkerLost
@@ -95,7 +95,8 @@ def _wait_ready(procs: list[subprocess.Popen], tasks: tuple[Task, ...], timeout:
     deadline = time.monotonic() + timeout
     for p, t in zip(procs, tasks):
         line: list[str] = []
-        reader = threading.Thread(target=lambda: line.append(p.stdout.readline()), daemon=True)
+        stdout = cast("IO[str]", p.stdout)          # launch() opens every worker with stdout=PIPE
+        reader = threading.Thread(target=lambda: line.append(stdout.readline()), daemon=True)
         reader.start()
         reader.join(max(0.0, deadline - time.monotonic()))
         if not line or "TFPLACE_READY" not in line[0]:

@@ -245,7 +245,7 @@ def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "overlap_us": round(_intersection(spans, backward), 3),
             "active_us": round(_length(run), 3),
             "active_overlap_us": round(_intersection(run, backward), 3)}
-    steps = sorted({(e.get("args") or {}).get("step") for e in ops} - {None})
+    steps = sorted({s for e in ops if (s := (e.get("args") or {}).get("step")) is not None})
     early = 0
     for step in steps:
         first = min((e["ts"] for e in sync if e["args"].get("step") == step), default=None)

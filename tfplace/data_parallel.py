@@ -81,8 +81,11 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
         sync_plan = dataclasses.replace(sync_plan, reason=sync_plan.reason + (
             f"; sparse: {len(sparse)} IndexedSlices gradient(s) all-gathered "
             f"({gathered:,} bytes per replica) instead of densified ({densified:,} bytes)"))
+    # every replica loads its devices as replica 0 loads the first group
+    usage = tuple(dataclasses.replace(u, device=dict(zip(groups[0], g))[u.device])
+                  for g in groups for u in base.usage if u.device in groups[0])
     return dataclasses.replace(
-        base, cluster=cluster.without_runtime(), replicas=groups, sync=sync_plan,
+        base, cluster=cluster.without_runtime(), replicas=groups, sync=sync_plan, usage=usage,
         buckets=make_buckets([m.node for m in dense], sizes, fusion_bytes))
 
 

@@ -92,7 +92,10 @@ class Plan:
 
     @property
     def devices_used(self) -> tuple[str, ...]:
+        """Devices that run ops: replica 0's placement and its image in every other replica."""
         used = {o.device for o in self.ops}
+        for group in self.replicas[1:]:
+            used |= {dict(zip(self.replicas[0], group)).get(d, d) for d in list(used)}
         return tuple(d for d in self.cluster.names if d in used)
 
     @property

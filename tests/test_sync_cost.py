@@ -214,3 +214,21 @@ def test_default_fusion_bytes() -> None:
     assert default_fusion_bytes(8, GB, 1e-3, 10**9) == MAX_FUSION_BYTES == 64 * 2**20  # 80 MB
     assert default_fusion_bytes(4, GB, LAT, 500_000) == 500_000
     assert default_fusion_bytes(4, GB, LAT, 0) == 1
+
+
+def test_ps_costed_on_the_busiest_real_shard():
+    """The rewrite puts one aggregation target per bucket, so shards are rarely balanced:
+    with 4 MB in one 2 MB bucket and two 1 MB buckets over 4 replicas the busiest shard gets
+    2 MB, and ps then loses to ring although balanced shards would win."""
+    from tfplace.cluster import Task, grpc_cluster
+    from tfplace.sync_cost import choose_sync
+    cluster = grpc_cluster([Task("worker", i, f"h{i}:1") for i in range(4)], 1)
+    groups = [(d,) for d in cluster.names]
+    balanced = choose_sync(groups, cluster, 4_000_000)
+    real = choose_sync(groups, cluster, 4_000_000, ps_busiest_bytes=2_000_000)
+    assert balanced.method == "ps"
+    assert dict(balanced.costs)["ps"] == pytest.approx(2 * 3 * 1e6 / 1e9 + 2e-4)
+    assert real.method == "ring"
+    assert dict(real.costs)["ps"] == pytest.approx(2 * 3 * 2e6 / 1e9 + 2e-4)
+    assert dict(real.costs)["ring"] == pytest.approx(2 * 3 / 4 * 4e6 / 1e9 + 6e-4)
+    assert "L=" in real.reason and "busiest shard" in real.reason

@@ -64,14 +64,17 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
     dense.sort(key=lambda m: nodes[nodes[m.node][1].input[0].split(":")[0]][0])
     sizes = [_mark_bytes(nodes[m.node][1]) for m in dense]
     total = sum(sizes)
-    decision = choose_sync(groups, cluster, total,
-                           backward_seconds=0.6 * base.predicted_step_seconds, requested=sync)
     if fusion_bytes is None:
         bw, lat = cluster.link(groups[0][0], groups[-1][0])
         fusion_bytes = default_fusion_bytes(len(groups), bw, lat, max(total, 1))
     elif fusion_bytes < 1:
         raise PlanError(f"fusion_bytes={fusion_bytes} must be >= 1 (or None to let the planner "
                         "choose)")
+    buckets = make_buckets([m.node for m in dense], sizes, fusion_bytes)
+    loads = shard_loads(groups, buckets)
+    decision = choose_sync(groups, cluster, total,
+                           backward_seconds=0.6 * base.predicted_step_seconds, requested=sync,
+                           ps_busiest_bytes=max(loads.values()) if loads else 0)
     sync_plan = gradient_sync_plan(decision, replicas=len(groups), fusion_bytes=fusion_bytes,
                                    backend=backend)
     sparse = [m for m in captured.gradients if m.sparse]
@@ -86,7 +89,26 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
                   for g in groups for u in base.usage if u.device in groups[0])
     return dataclasses.replace(
         base, cluster=cluster.without_runtime(), replicas=groups, sync=sync_plan, usage=usage,
-        buckets=make_buckets([m.node for m in dense], sizes, fusion_bytes))
+        buckets=buckets)
+
+
+def ps_targets(groups: Any, buckets: Any) -> list[str]:
+    """The aggregation device of each bucket for "ps": the least-loaded replica leader next."""
+    load = {g[0]: 0 for g in groups}
+    targets = []
+    for bucket in buckets:
+        dev = min(load, key=lambda d: (load[d], d))
+        load[dev] += bucket.bytes
+        targets.append(dev)
+    return targets
+
+
+def shard_loads(groups: Any, buckets: Any) -> dict[str, int]:
+    """Bytes each ps aggregation device receives per replica."""
+    loads = {g[0]: 0 for g in groups}
+    for dev, bucket in zip(ps_targets(groups, buckets), buckets):
+        loads[dev] += bucket.bytes
+    return loads
 
 
 def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) -> Any:
@@ -108,11 +130,7 @@ def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) ->
     groups = plan.replicas
     targets: list[str] = []
     if plan.sync is not None and plan.sync.method == "ps":
-        load = {g[0]: 0 for g in groups}
-        for bucket in plan.buckets:                 # greedy: the least-loaded shard next
-            dev = min(load, key=lambda d: (load[d], d))
-            load[dev] += bucket.bytes
-            targets.append(dev)
+        targets = ps_targets(groups, plan.buckets)
     return ReplicationSpec(
         groups=groups, batch_inputs=tuple(batch), shared_inputs=tuple(shared),
         outputs=captured.outputs, dense=tuple(b.gradients for b in plan.buckets),

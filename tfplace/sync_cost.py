@@ -163,7 +163,8 @@ def _tie_key(seconds: float) -> float:
 
 def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: int, *,
                 backward_seconds: float = 0.0, requested: str = "auto",
-                ps_shards: int | None = None) -> SyncDecision:
+                ps_shards: int | None = None,
+                ps_busiest_bytes: int | None = None) -> SyncDecision:
     """Predict each sync method's seconds for one step and pick the cheapest (or `requested`).
 
     N = len(groups); each replica talks through its first device.
@@ -193,6 +194,10 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     ps_bw, ps_lat = _slowest(cluster, list(combinations(leaders, 2)))
     costs = {"ring": ring_seconds(n, grad_bytes, ring_bw, ring_lat),
              "ps": ps_seconds(n, grad_bytes, ps_bw, ps_lat, shards)}
+    if ps_busiest_bytes is not None and n > 1:
+        # the shards the rewrite really makes (one per bucket, least-loaded first) are rarely
+        # balanced: the busiest one, L bytes, bounds the step: 2(N-1)·L/bw + 2·lat
+        costs["ps"] = 2 * (n - 1) * ps_busiest_bytes / ps_bw + 2 * ps_lat
     figures = [f"N={n}", f"S={shards}", f"B={_bytes(grad_bytes)}",
                f"bw={_bw(ring_bw)}", f"lat={ring_lat * 1e6:.3g} us"]
     if (ps_bw, ps_lat) != (ring_bw, ring_lat):
@@ -214,6 +219,9 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     order = sorted(costs, key=lambda m: (_tie_key(costs[m]), SYNC_METHODS.index(m)))
     method = order[0] if requested == "auto" else requested
     formula = dict(_FORMULAS, ps=_FORMULAS["ps_colocated" if shards == n else "ps"])
+    if ps_busiest_bytes is not None and n > 1:
+        formula["ps"] = "2(N-1)·L/bw + 2·lat"
+        figures.append(f"L={_bytes(ps_busiest_bytes)} (busiest shard)")
     chain = ""
     for i, m in enumerate(order):
         if i:

@@ -585,7 +585,12 @@ def report(a, replicas, payloads, rates, results, netns) -> None:
                 sizes, targets = r["layouts"][f"{rate}|{nb}"]
                 cluster = cluster_for(n, rate)
                 groups = [[d] for d in cluster.names]
-                dec = choose_sync(groups, cluster, nb, requested="auto")
+                load = [0] * n
+                for s_, t_ in zip(sizes, targets):
+                    load[t_] += s_
+                # as plan_data_parallel asks it: ps costed on the busiest real shard
+                dec = choose_sync(groups, cluster, nb, requested="auto",
+                                  ps_busiest_bytes=max(load))
                 costs = dict(dec.costs)
                 ratio = ps_ms / ring_ms
                 faster = "ring" if ring_ms < ps_ms else "ps"
@@ -599,9 +604,6 @@ def report(a, replicas, payloads, rates, results, netns) -> None:
                 # diagnostic: the same colocated-ps formula on the shards the rewrite really
                 # makes (busiest shard's bytes L, not B/N): 2(N-1)·L/bw + 2·lat
                 bw, lat = figures(rate)
-                load = [0] * n
-                for s_, t_ in zip(sizes, targets):
-                    load[t_] += s_
                 ps_real = 2 * (n - 1) * max(load) / bw + 2 * lat if n > 1 else 0.0
                 pick2 = "ring" if float(f"{costs['ring']:.9g}") <= float(f"{ps_real:.9g}") \
                     else "ps"
@@ -620,7 +622,8 @@ def report(a, replicas, payloads, rates, results, netns) -> None:
           f"{a.tie:.0%}); verdict 'tie' = auto chose the other one but it costs < {a.tie:.0%} more")
     print("bkts = fusion buckets (default_fusion_bytes on the link's figures); ps shards = "
           "distinct ps targets (greedy least-loaded per bucket over the replicas' devices)")
-    print("model ring/ps = choose_sync's costs (ps: S = N colocated shards, B/N each); "
+    print("model ring/ps = choose_sync's costs as tfplace asks them (ps on the busiest real "
+          "shard, like plan_data_parallel); "
           "ps@shards = the same formula on the shards the rewrite actually makes, "
           "2(N-1)·L/bw + 2·lat with L = the busiest shard's bytes; auto* = ring vs ps@shards "
           "(a diagnostic, not tfplace's choice)")

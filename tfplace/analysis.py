@@ -6,29 +6,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from tfplace import costs
 from tfplace._perf import gc_paused
 from tfplace.errors import GraphError
+from tfplace.function_flops import FlopCounter
+from tfplace.graphdef_attrs import (DT_RESOURCE, DT_VARIANT, DTYPE_BYTES, FUNCTIONAL_OPS,
+                                    nbytes, out_dtypes, output_shapes, resolve, var_handle_bytes)
 
 __all__ = ["OpNode", "OpDag", "analyse", "DTYPE_BYTES", "DT_RESOURCE", "DT_VARIANT",
            "FUNCTIONAL_OPS", "split_input"]
 
-DT_RESOURCE = 20
-DT_VARIANT = 21
-DT_BOOL = 10
-# Bytes per element of each TF DataType enum; handles and variants hold no activation memory.
-DTYPE_BYTES: dict[int, int] = {
-    1: 4, 2: 8, 3: 4, 4: 1, 5: 2, 6: 1, 7: 8, 8: 8, 9: 8, 10: 1, 11: 1, 12: 1, 13: 4, 14: 2,
-    15: 2, 16: 2, 17: 2, 18: 16, 19: 2, 20: 0, 21: 0, 22: 4, 23: 8,
-}
-DEFAULT_ELEMENT_BYTES = 4
-FUNCTIONAL_OPS = frozenset(("StatefulPartitionedCall", "PartitionedCall", "If", "StatelessIf",
-                            "While", "StatelessWhile", "Case", "StatelessCase"))
-COMPARISONS = frozenset(("Greater", "GreaterEqual", "Less", "LessEqual", "Equal", "NotEqual",
-                         "IsFinite", "IsNan", "IsInf", "LogicalAnd", "LogicalOr", "LogicalNot"))
-_LIST_TYPE_ATTRS = ("Tout", "output_types", "out_types", "T", "Toutput_types", "dtypes")
-_TYPE_ATTRS = ("dtype", "DstT", "out_type", "output_type", "Tout", "T", "type", "out_idx")
-_COST_ATTRS = ("transpose_a", "transpose_b", "adj_x", "adj_y", "equation", "ksize")
 
 
 @dataclass(frozen=True)
@@ -235,153 +221,6 @@ def _parse_inputs(refs: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]
     return tuple(data), tuple(ctrl)
 
 
-# -- GraphDef reading (duck-typed protos) ---------------------------------------------------------
-def _shape_of(sp: Any) -> tuple[int, ...] | None:
-    if sp.unknown_rank:
-        return None
-    return tuple([d.size for d in sp.dim])
-
-
-def _output_shapes(attr: Any) -> tuple[tuple[int, ...] | None, ...]:
-    if "_output_shapes" not in attr:
-        return ()
-    return tuple([_shape_of(s) for s in attr["_output_shapes"].list.shape])
-
-
-# Single-output ops name their output type in one of these, most specific first.
-_SINGLE_TYPE_ATTRS = ("out_type", "output_type", "DstT", "dtype", "T", "Tout", "type")
-
-
-def _out_dtypes(op: str, attr: Any, n_out: int) -> tuple[int, ...]:
-    if n_out == 0:
-        return ()
-    if op in ("VarHandleOp", "VarHandleOpV2"):
-        return (DT_RESOURCE,) * n_out
-    if op in COMPARISONS:
-        return (DT_BOOL,) * n_out
-    if n_out == 1:
-        for key in _SINGLE_TYPE_ATTRS:
-            if key in attr:
-                av = attr[key]
-                if av.type:                                  # 0 (DT_INVALID) if it is a list
-                    return (av.type,)
-                types = av.list.type
-                if len(types) == 1:
-                    return (types[0],)
-        return (0,)
-    for key in _LIST_TYPE_ATTRS:
-        if key in attr:
-            types = list(attr[key].list.type)
-            if len(types) == n_out:
-                return tuple(int(t) for t in types)
-    for key in _TYPE_ATTRS:
-        if key in attr and attr[key].WhichOneof("value") == "type":
-            first = int(attr[key].type)
-            if "U" in attr:                                  # FusedBatchNorm: y is T, stats U
-                return (first,) + (int(attr["U"].type),) * (n_out - 1)
-            return (first,) * n_out
-    return (0,) * n_out
-
-
-def _resolve(shape: tuple[int, ...] | None, hint: int) -> tuple[int, ...] | None:
-    if shape is None or not shape or min(shape) >= 0:
-        return shape
-    return tuple([d if d >= 0 else hint for d in shape])
-
-
-def _nbytes(shape: tuple[int, ...] | None, dtype: int, hint: int) -> int:
-    """Bytes of a tensor; `shape` must already be resolved (no unknown dims)."""
-    size = DTYPE_BYTES.get(dtype % 100, DEFAULT_ELEMENT_BYTES)  # 101+ are TF1 ref types
-    if size == 0:
-        return 0
-    return (hint if shape is None else math.prod(shape)) * size
-
-
-def _cost_attrs(attr: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in _COST_ATTRS:
-        if key in attr:
-            av = attr[key]
-            kind = av.WhichOneof("value")
-            if kind == "b":
-                out[key] = bool(av.b)
-            elif kind == "s":
-                out[key] = av.s.decode() if isinstance(av.s, bytes) else str(av.s)
-            elif kind == "list":
-                out[key] = tuple(int(i) for i in av.list.i)
-    return out
-
-
-def _called_functions(attr: Any) -> list[str]:
-    names: list[str] = []
-    for key in sorted(attr.keys()):
-        av = attr[key]
-        kind = av.WhichOneof("value")
-        if kind == "func":
-            names.append(av.func.name)
-        elif kind == "list":
-            names.extend(f.name for f in av.list.func)
-    return names
-
-
-class _Flops:
-    """FLOPs of nodes, including functional ops whose bodies live in graph_def.library."""
-
-    def __init__(self, library: Any, hint: int) -> None:
-        self.hint = hint
-        self.funcs = {f.signature.name: f for f in library.function} if library else {}
-        self.memo: dict[str, float] = {}
-        self.active: set[str] = set()
-
-    def node(self, nd: Any, in_shapes: list[tuple[int, ...] | None],
-             out_shapes: Sequence[tuple[int, ...] | None]) -> float:
-        op = nd.op
-        if op in FUNCTIONAL_OPS or op in self.funcs:
-            names = [op] if op in self.funcs else _called_functions(nd.attr)
-            return math.fsum(self.function(n) for n in names)
-        return costs.node_flops(op, _cost_attrs(nd.attr) if op in _ATTR_OPS else {},
-                                in_shapes, out_shapes)
-
-    def function(self, name: str) -> float:
-        if name in self.memo:
-            return self.memo[name]
-        fdef = self.funcs.get(name)
-        if fdef is None or name in self.active:          # unknown or recursive: count nothing
-            return 0.0
-        self.active.add(name)
-        hint = self.hint
-        shapes: dict[str, list[tuple[int, ...] | None]] = {}
-        for i, arg in enumerate(fdef.signature.input_arg):
-            aa = fdef.arg_attr[i].attr if i in fdef.arg_attr else {}
-            shapes[arg.name] = [_resolve(s, hint) for s in _output_shapes(aa)] or [None]
-        for nd in fdef.node_def:
-            shapes[nd.name] = [_resolve(s, hint) for s in _output_shapes(nd.attr)]
-        total = 0.0
-        for nd in fdef.node_def:
-            ins: list[tuple[int, ...] | None] = []
-            for ref in nd.input:
-                if ref.startswith("^"):
-                    continue
-                parts = ref.split(":")
-                k = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 0
-                outs = shapes.get(parts[0], [])
-                ins.append(outs[k] if k < len(outs) else None)
-            total += self.node(nd, ins, shapes[nd.name])
-        self.active.discard(name)
-        self.memo[name] = total
-        return total
-
-
-_ATTR_OPS = frozenset(("MatMul", "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum",
-                       "MaxPool", "AvgPool", "MaxPoolGrad", "AvgPoolGrad"))
-
-
-def _var_handle_bytes(attr: Any) -> int:
-    shape = _shape_of(attr["shape"].shape) if "shape" in attr else ()
-    dtype = int(attr["dtype"].type) if "dtype" in attr else 0
-    return _nbytes(_resolve(shape, 1) or (), dtype if DTYPE_BYTES.get(dtype % 100) else 1, 1)
-
-
 def analyse(graph_def: Any, variables: Sequence[Any] = (), *,
             batch_size_hint: int = 1) -> OpDag:
     """The op DAG of a GraphDef captured with add_shapes=True.
@@ -400,22 +239,22 @@ def analyse(graph_def: Any, variables: Sequence[Any] = (), *,
 def _analyse(graph_def: Any, variables: Sequence[Any], batch_size_hint: int) -> OpDag:
     hint = batch_size_hint
     var_bytes = {v.node: int(v.nbytes) for v in variables}
-    flops = _Flops(getattr(graph_def, "library", None), hint)
+    flops = FlopCounter(getattr(graph_def, "library", None), hint)
     node_defs = list(graph_def.node)
     resolved: dict[str, list[tuple[int, ...] | None]] = {}
     raw_shapes: list[tuple[tuple[int, ...] | None, ...]] = []
     for nd in node_defs:
-        shp = _output_shapes(nd.attr)
+        shp = output_shapes(nd.attr)
         raw_shapes.append(shp)
-        resolved[nd.name] = [_resolve(s, hint) for s in shp]
+        resolved[nd.name] = [resolve(s, hint) for s in shp]
     nodes: list[OpNode] = []
     for nd, shp in zip(node_defs, raw_shapes):
         attr = nd.attr
         op = nd.op
         data, ctrl = _parse_inputs(nd.input)
-        dtypes = _out_dtypes(op, attr, len(shp))
+        dtypes = out_dtypes(op, attr, len(shp))
         res = resolved[nd.name]
-        out_bytes = tuple([_nbytes(s, t, hint) for s, t in zip(res, dtypes)])
+        out_bytes = tuple([nbytes(s, t, hint) for s, t in zip(res, dtypes)])
         in_shapes: list[tuple[int, ...] | None] = []
         for ref in data:
             src, _, k = ref.rpartition(":")
@@ -423,7 +262,7 @@ def _analyse(graph_def: Any, variables: Sequence[Any], batch_size_hint: int) -> 
             ki = int(k)
             in_shapes.append(outs[ki] if ki < len(outs) else None)
         if op in ("VarHandleOp", "VarHandleOpV2"):
-            param = var_bytes.get(nd.name, _var_handle_bytes(attr))
+            param = var_bytes.get(nd.name, var_handle_bytes(attr))
         else:
             param = var_bytes.get(nd.name, 0)
         coloc: tuple[str, ...] = ()

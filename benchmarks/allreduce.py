@@ -46,11 +46,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from _procs import children as _children, free_port as _free_port  # noqa: E402
+from _procs import kill_children as _kill_children  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -73,10 +74,6 @@ def _cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,22 +278,6 @@ def child_horovod(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # the parent
 
-_children: list[subprocess.Popen] = []
-
-
-def _kill_children() -> None:
-    for p in _children:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)       # the child's own session: it + its workers
-            except ProcessLookupError:
-                pass
-    for p in _children:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    _children.clear()
 
 
 def _spawn(cmd: list[str], env: dict | None = None) -> subprocess.Popen:

@@ -29,11 +29,12 @@ import atexit
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from _procs import children as _children, free_port as _free_port  # noqa: E402
+from _procs import kill_children as _kill_children  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -213,22 +214,6 @@ def child_mwms(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # the parent
 
-_children: list[subprocess.Popen] = []
-
-
-def _kill_children() -> None:
-    for p in _children:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)       # the child's own session: it + its workers
-            except ProcessLookupError:
-                pass
-    for p in _children:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    _children.clear()
 
 
 def _spawn(args: list[str], env: dict | None = None) -> subprocess.Popen:
@@ -255,10 +240,6 @@ def _collect(procs: list[subprocess.Popen], timeout: float) -> list[dict]:
     return results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_config(cfg: dict, a: argparse.Namespace) -> dict:

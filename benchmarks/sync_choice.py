@@ -67,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import time
+from _procs import children as _children, kill_children as _kill_children  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -400,23 +401,6 @@ def child(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # the parent
 
-_children: list[subprocess.Popen] = []
-_netns_used = False
-
-
-def _kill_children() -> None:
-    for p in _children:
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)     # the child's own session: it + its workers
-            except ProcessLookupError:
-                pass
-    for p in _children:
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-    _children.clear()
 
 
 def _teardown() -> None:

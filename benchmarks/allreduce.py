@@ -194,6 +194,27 @@ def child_tfplace(a: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------
 # child: one MultiWorkerMirroredStrategy worker
 
+def _check_and_time(fns: dict, payloads: list[int], W: int,
+                    a: argparse.Namespace) -> tuple[dict[str, list[float]], list[str]]:
+    """Check each payload's reduced value twice (warm-up), then time calls, alternating the
+    payload order by round. The same for MWMS and Horovod children."""
+    bad: list[str] = []
+    for nb, fn in fns.items():
+        for _ in range(2):
+            got = float(fn().numpy())
+        want = (nb // 4) * (W + 1) / 2
+        if abs(got - want) > 1e-3 * want:
+            bad.append(f"{nb}: {got} != {want}")
+    times: dict[str, list[float]] = {str(nb): [] for nb in payloads}
+    for rnd in range(a.rounds):
+        for nb in (payloads if rnd % 2 == 0 else payloads[::-1]):
+            for _ in range(iters_for(nb, a.iter_scale)):
+                t = time.perf_counter()
+                fns[nb]().numpy()
+                times[str(nb)].append(time.perf_counter() - t)
+    return times, bad
+
+
 def child_mwms(a: argparse.Namespace) -> None:
     cpus = _cpus()
     os.sched_setaffinity(0, {cpus[a.index % len(cpus)]})
@@ -220,20 +241,7 @@ def child_mwms(a: argparse.Namespace) -> None:
         def step(replica_fn=replica_fn):
             return strategy.experimental_local_results(strategy.run(replica_fn))[0]
         fns[nbytes] = step
-    bad = []
-    for nb, fn in fns.items():
-        for _ in range(2):
-            got = float(fn().numpy())
-        want = (nb // 4) * (W + 1) / 2
-        if abs(got - want) > 1e-3 * want:
-            bad.append(f"{nb}: {got} != {want}")
-    times: dict[str, list[float]] = {str(nb): [] for nb in payloads}
-    for rnd in range(a.rounds):
-        for nb in (payloads if rnd % 2 == 0 else payloads[::-1]):
-            for _ in range(iters_for(nb, a.iter_scale)):
-                t = time.perf_counter()
-                fns[nb]().numpy()
-                times[str(nb)].append(time.perf_counter() - t)
+    times, bad = _check_and_time(fns, payloads, W, a)
     emit({"times": times, "bad": bad, "index": a.index, "replicas": W})
 
 
@@ -258,20 +266,7 @@ def child_horovod(a: argparse.Namespace) -> None:
         def step(v=v):
             return tf.reduce_sum(hvd.allreduce(v.read_value(), op=hvd.Average))
         fns[nbytes] = step
-    bad = []
-    for nb, fn in fns.items():
-        for _ in range(2):
-            got = float(fn().numpy())
-        want = (nb // 4) * (W + 1) / 2
-        if abs(got - want) > 1e-3 * want:
-            bad.append(f"{nb}: {got} != {want}")
-    times: dict[str, list[float]] = {str(nb): [] for nb in payloads}
-    for rnd in range(a.rounds):
-        for nb in (payloads if rnd % 2 == 0 else payloads[::-1]):
-            for _ in range(iters_for(nb, a.iter_scale)):
-                t = time.perf_counter()
-                fns[nb]().numpy()
-                times[str(nb)].append(time.perf_counter() - t)
+    times, bad = _check_and_time(fns, payloads, W, a)
     emit({"times": times, "bad": bad, "index": hvd.rank(), "replicas": W})
 
 

@@ -100,19 +100,17 @@ def collective(b: NodeBuilder, flats: Sequence[str], devices: Sequence[str], n: 
         raise ValueError("collective all-reduce computes the mean over all replicas only")
     out = []
     for flat, dev in zip(flats, devices):
-        token = b.gd.node.add()
-        token.name = f"{TOKEN_SCOPE}/{dev.strip('/').replace('/', '_').replace(':', '_')}"
-        if token.name not in b._names:
-            token.op, token.device = "Placeholder", dev
-            token.attr["dtype"].type = 20
-            token.attr["shape"].shape.SetInParent()
-            b._names.add(token.name)
-        else:
-            del b.gd.node[-1]
+        token = f"{TOKEN_SCOPE}/{dev.strip('/').replace('/', '_').replace(':', '_')}"
+        if token not in b._names:                       # one token per device, shared
+            node = b.gd.node.add()
+            node.name, node.op, node.device = token, "Placeholder", dev
+            node.attr["dtype"].type = 20
+            node.attr["shape"].shape.SetInParent()
+            b._names.add(token)
         consts = [b.const_scalar(k, v, 3, dev) for k, v in
                   (("group_size", r), ("group_key", group_key), ("instance_key", instance_key))]
-        name = b.add("collective", "CollectiveReduceV2", [flat, *consts, token.name], dev, T=dtype,
-                     Nordering_token=1, max_subdivs_per_device=-1, timeout_seconds=0)
+        name = b.add("collective", "CollectiveReduceV2", [flat, *consts, token], dev, T=dtype,
+                     Nordering_token=1, max_subdivs_per_device=-1)
         node = b._node(name)
         node.attr["merge_op"].s = b"Add"
         node.attr["final_op"].s = b"Div"

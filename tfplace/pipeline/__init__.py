@@ -1,0 +1,1 @@
+"""Pipeline planning (pure): schedules, the queue deadlock check, stage partition, the plan value."""

@@ -1,6 +1,8 @@
 """N synchronous replicas on the global batch equal the single-device step (1e-5 relative)."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 import models
@@ -43,16 +45,19 @@ def test_transformer_replicas(local4):
     models.assert_same_training(ref, (model, pstep), kind="transformer")
 
 
-def test_bad_data_parallel_input(local4):
+def test_bad_data_parallel_input(local4, monkeypatch):
     (_, step) = models.twin("mlp")[1]
     x, y = models.data("mlp", batch=10)
     with pytest.raises(PlanError, match="batch 10"):
         tfplace.parallelize(step, cluster=local4, data_parallel=4)(x, y)
     with pytest.raises(PlanError, match="has 4 devices"):
         tfplace.parallelize(step, cluster=local4, data_parallel=8)
-    with pytest.raises(BackendError, match="make horovod"):
-        tfplace.parallelize(step, cluster=local4, data_parallel=2,
-                            sync_backend="horovod")(*models.data("mlp"))
+    with monkeypatch.context() as m:             # as if Horovod were not built
+        m.setitem(sys.modules, "horovod", None)
+        m.setitem(sys.modules, "horovod.tensorflow", None)
+        with pytest.raises(BackendError, match="make horovod"):
+            tfplace.parallelize(step, cluster=local4, data_parallel=2,
+                                sync_backend="horovod")(*models.data("mlp"))
     with pytest.raises(PlanError, match="unknown sync"):
         tfplace.parallelize(step, cluster=local4, data_parallel=2, sync="tree")(*models.data("mlp"))
 

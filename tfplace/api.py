@@ -44,9 +44,11 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
     placed = rewrite(captured.graph_def, plan)
     if plan.num_replicas > 1:
         from tfplace.data_parallel import replication_spec
-        from tfplace.rewrite import replicate
-        placed = replicate.apply(placed, replication_spec(plan, captured,
-                                                          collectives=collectives))
+        from tfplace.rewrite import horovod, replicate
+        spec = replication_spec(plan, captured, collectives=collectives)
+        if plan.sync is not None and plan.sync.backend == "horovod":
+            return horovod.apply(placed, spec)   # one replica per process
+        placed = replicate.apply(placed, spec)
     return placed
 
 
@@ -67,12 +69,19 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
                                   sync=sync, backend=sync_backend, fusion_bytes=fusion_bytes,
                                   calibration=calibration)
     collectives = False
+    horovod = plan.sync is not None and plan.sync.backend == "horovod"
+    if horovod:
+        from tfplace.runtime.horovod import broadcast_variables, processes
+        processes(plan.num_replicas)          # Horovod started, one process per replica
     if plan.num_replicas > 1:
         from tfplace.runtime.devices import collectives_ready, prepare
         prepare(cluster, cluster.names)
         collectives = collectives_ready(cluster)
-    return Executor(captured, rewrite_captured(captured, plan, collectives=collectives), plan,
-                    cluster=cluster, writeback=writeback, sum_variables=sum_variables)
+    ex = Executor(captured, rewrite_captured(captured, plan, collectives=collectives), plan,
+                  cluster=cluster, writeback=writeback, sum_variables=sum_variables)
+    if horovod:                               # every process starts from rank 0's variables
+        broadcast_variables([placed for _node, _orig, placed in ex.pairs])
+    return ex
 
 
 def _signature_key(args: tuple, kwargs: dict) -> Any:
@@ -95,13 +104,13 @@ class ParallelFunction:
                  writeback: str = "step", calibration: Any = None, data_parallel: Any = 1,
                  sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None) -> None:
+        from tfplace.data_parallel import replica_total
         from tfplace.placers import get_placer
-        from tfplace.replicas import replica_count
         get_placer(placer)                      # fail fast on an unknown name
         self.python_function = fn
         self.cluster, self.placer, self.writeback = cluster, placer, writeback
         self.calibration = calibration
-        self.data_parallel = replica_count(cluster, data_parallel)
+        self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
         self._executors: dict[Any, Any] = {}
@@ -163,6 +172,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     leaves the trained values on their devices until ``step.write_back()``.
     ``data_parallel=N`` (or ``"auto"``) runs N synchronous replicas on the global batch the
     caller passes; ``sync`` is ``"ring" | "ps" | "hierarchical" | "auto"``.
+    ``sync_backend="horovod"``: one replica per Horovod process (``horovodrun --gloo -np N``),
+    N = ``data_parallel`` = the process count; ``cluster`` is each process's own devices.
     """
     def wrap(f: Callable[..., Any]) -> ParallelFunction:
         return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,
@@ -186,8 +197,8 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
     ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
     replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
     the steps there, with the measured sync/backward overlap (``runtime.trace``)."""
-    from tfplace.replicas import replica_count
-    replicas = replica_count(cluster, data_parallel)
+    from tfplace.data_parallel import replica_total
+    replicas = replica_total(cluster, data_parallel, sync_backend)
     captured, example = _capture_for_run(source, batch_size, replicas)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,

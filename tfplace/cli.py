@@ -105,6 +105,16 @@ def _sync_options(args: argparse.Namespace) -> SyncOptions:
             "fusion_bytes": args.fusion_bytes}
 
 
+def _planned_replicas(cluster: "Cluster", replicas: int | str, backend: str) -> int:
+    """Replicas to plan for: groups of the cluster's devices, or Horovod processes (each on
+    the whole cluster; an int needs no running Horovod, so plans can be made offline)."""
+    if backend == "horovod":
+        from tfplace.data_parallel import horovod_groups
+        return len(horovod_groups(cluster, replicas))
+    from tfplace.replicas import replica_count
+    return replica_count(cluster, replicas)
+
+
 def _shard_batch(args: argparse.Namespace, replicas: int) -> int:
     """One replica's share of the global --batch-size (PlanError when it does not divide)."""
     from tfplace.replicas import split_batch
@@ -131,8 +141,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         load_calibration(args.calibration)               # a bad file fails before any launch
     with resolve_cluster(args.cluster) as cluster:
         from tfplace.api import load_source, plan_captured
-        from tfplace.replicas import replica_count
-        replicas = replica_count(cluster, args.data_parallel)
+        replicas = _planned_replicas(cluster, args.data_parallel, args.sync_backend)
         calibration = None
         if args.calibration:                             # scales relative to the cluster's peak
             calibration = load_calibration(args.calibration,
@@ -177,10 +186,10 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
 def _check_plan_matches(args: argparse.Namespace, plan: "Plan") -> None:
     """Data-parallel flags given to `rewrite` must agree with the plan, which decided them."""
     from tfplace.errors import PlanError, bullets
-    from tfplace.replicas import replica_count
     problems = []
     if args.data_parallel is not None:
-        want = replica_count(plan.cluster, args.data_parallel)
+        want = _planned_replicas(plan.cluster, args.data_parallel,
+                                 plan.sync.backend if plan.sync else "tf")
         if want != plan.num_replicas:
             problems.append(f"--data-parallel {args.data_parallel} ({want} replicas) but the plan "
                             f"has {plan.num_replicas}")
@@ -283,7 +292,8 @@ def _build_parser() -> argparse.ArgumentParser:
         g.add_argument("--sync", choices=sync_choices, default=None if from_plan else "auto",
                        help="gradient sync method (default auto: the cost model picks)")
         g.add_argument("--sync-backend", choices=backends, default=None if from_plan else "tf",
-                       help="gradient sync ops (default tf: TF collective ops)")
+                       help="gradient sync ops (default tf: TF collective ops; horovod: one "
+                       "replica per process, launched by horovodrun --gloo -np N)")
         g.add_argument("--fusion-bytes", type=_bytes_arg, metavar="N",
                        help="gradient bucket size in bytes (default: chosen by the planner)")
 

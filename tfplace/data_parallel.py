@@ -4,11 +4,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tfplace.cluster import Cluster
-from tfplace.errors import BackendError, PlanError
+from tfplace.cluster import GRPC_BANDWIDTH, GRPC_LATENCY, Cluster
+from tfplace.errors import PlanError
 from tfplace.plan import Plan
 
-__all__ = ["plan_data_parallel", "replication_spec", "shard_args", "BACKENDS"]
+__all__ = ["plan_data_parallel", "replication_spec", "shard_args", "replica_total",
+           "horovod_groups", "horovod_sync", "BACKENDS"]
 
 BACKENDS = ("tf", "dataflow", "horovod")
 _DTYPE_BYTES = {1: 4, 2: 8, 19: 2, 14: 2}
@@ -48,11 +49,11 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
     from tfplace.sync_cost import choose_sync, default_fusion_bytes, gradient_sync_plan, make_buckets
     if backend not in BACKENDS:
         raise PlanError(f"unknown sync_backend {backend!r} (valid: {', '.join(BACKENDS)})")
-    if backend == "horovod":
-        raise BackendError("sync_backend='horovod' needs Horovod built for this TensorFlow: run "
-                           "`make horovod` (see README, 'Horovod backend'), or use "
-                           "sync_backend='tf'")
-    groups = replica_groups(cluster, replicas)
+    horovod = backend == "horovod"
+    if horovod:
+        from tfplace.runtime.horovod import load
+        load()                                  # BackendError naming `make horovod`
+    groups = horovod_groups(cluster, replicas) if horovod else replica_groups(cluster, replicas)
     if not captured.gradients:
         raise PlanError("data parallelism needs a training step that calls "
                         "tf.GradientTape.gradient; this step computes no gradients")
@@ -65,16 +66,22 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
     sizes = [_mark_bytes(nodes[m.node][1]) for m in dense]
     total = sum(sizes)
     if fusion_bytes is None:
-        bw, lat = cluster.link(groups[0][0], groups[-1][0])
+        bw, lat = (GRPC_BANDWIDTH, GRPC_LATENCY) if horovod else \
+            cluster.link(groups[0][0], groups[-1][0])
         fusion_bytes = default_fusion_bytes(len(groups), bw, lat, max(total, 1))
     elif fusion_bytes < 1:
         raise PlanError(f"fusion_bytes={fusion_bytes} must be >= 1 (or None to let the planner "
                         "choose)")
     buckets = make_buckets([m.node for m in dense], sizes, fusion_bytes)
-    loads = shard_loads(groups, buckets)
-    decision = choose_sync(groups, cluster, total,
-                           backward_seconds=0.6 * base.predicted_step_seconds, requested=sync,
-                           ps_busiest_bytes=max(loads.values()) if loads else 0)
+    if horovod:
+        decision = horovod_sync(len(groups), total, requested=sync,
+                                backward_seconds=0.6 * base.predicted_step_seconds)
+    else:
+        loads = shard_loads(groups, buckets)
+        decision = choose_sync(groups, cluster, total,
+                               backward_seconds=0.6 * base.predicted_step_seconds,
+                               requested=sync,
+                               ps_busiest_bytes=max(loads.values()) if loads else 0)
     sync_plan = gradient_sync_plan(decision, replicas=len(groups), fusion_bytes=fusion_bytes,
                                    backend=backend)
     sparse = [m for m in captured.gradients if m.sparse]
@@ -84,12 +91,57 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
         sync_plan = dataclasses.replace(sync_plan, reason=sync_plan.reason + (
             f"; sparse: {len(sparse)} IndexedSlices gradient(s) all-gathered "
             f"({gathered:,} bytes per replica) instead of densified ({densified:,} bytes)"))
-    # every replica loads its devices as replica 0 loads the first group
-    usage = tuple(dataclasses.replace(u, device=dict(zip(groups[0], g))[u.device])
-                  for g in groups for u in base.usage if u.device in groups[0])
+    # every replica loads its devices as replica 0 loads the first group (under Horovod each
+    # process has the cluster's devices to itself: its usage is replica 0's)
+    usage = base.usage if horovod else tuple(
+        dataclasses.replace(u, device=dict(zip(groups[0], g))[u.device])
+        for g in groups for u in base.usage if u.device in groups[0])
     return dataclasses.replace(
         base, cluster=cluster.without_runtime(), replicas=groups, sync=sync_plan, usage=usage,
         buckets=buckets)
+
+
+def replica_total(cluster: Cluster, replicas: int | str, backend: str = "tf") -> int:
+    """The replicas ``data_parallel=replicas`` runs now: equal groups of the cluster's devices,
+    or with the "horovod" backend the Horovod processes (an int must equal their number)."""
+    if backend == "horovod":
+        from tfplace.runtime.horovod import processes
+        return processes(replicas)
+    from tfplace.replicas import replica_count
+    return replica_count(cluster, replicas)
+
+
+def horovod_groups(cluster: Cluster, replicas: int | str) -> tuple[tuple[str, ...], ...]:
+    """Horovod runs one replica per process, each on all of ``cluster`` (its own devices);
+    ``"auto"`` asks the running Horovod for its process count."""
+    if replicas == "auto":
+        from tfplace.runtime.horovod import processes
+        replicas = processes("auto")
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise PlanError(f"data_parallel={replicas!r} is not a replica count; with "
+                        "sync_backend='horovod' pass the number of Horovod processes or 'auto'")
+    return (cluster.names,) * replicas
+
+
+def horovod_sync(n: int, grad_bytes: int, *, requested: str,
+                 backward_seconds: float) -> Any:
+    """The SyncDecision for Horovod: its own ring all-reduce over Gloo between the processes,
+    costed on a loopback link (the cluster describes one process's devices, not the links
+    between processes)."""
+    from tfplace.sync_cost import SyncDecision, ring_seconds
+    if requested not in ("auto", "ring"):
+        raise PlanError(f"sync={requested!r} with sync_backend='horovod': Horovod runs its own "
+                        "ring all-reduce between the processes; use sync='ring' or 'auto', or "
+                        f"sync_backend='tf' for {requested!r}")
+    seconds = ring_seconds(n, grad_bytes, GRPC_BANDWIDTH, GRPC_LATENCY)
+    reason = (f"ring (Horovod over Gloo, one process per replica): 2(N-1)/N·B/bw + 2(N-1)·lat "
+              f"= {seconds * 1e3:.3g} ms  [N={n}, B={grad_bytes:,} bytes, "
+              f"bw={GRPC_BANDWIDTH / 1e9:.2f} GB/s, lat={GRPC_LATENCY * 1e6:.3g} us between "
+              "processes, assumed]")
+    if requested == "ring":
+        reason = f"ring (requested); {reason}"
+    return SyncDecision(method="ring", costs=(("ring", seconds),), reason=reason,
+                        exposed_seconds=max(0.0, seconds - backward_seconds))
 
 
 def ps_targets(groups: Any, buckets: Any) -> list[str]:

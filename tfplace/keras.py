@@ -27,11 +27,11 @@ class _ParallelizeImpl:
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None) -> None:
         super().__init__()
+        from tfplace.data_parallel import replica_total
         from tfplace.placers import get_placer
-        from tfplace.replicas import replica_count
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
-        self.data_parallel = replica_count(cluster, data_parallel)
+        self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
         self.executor: Any = None

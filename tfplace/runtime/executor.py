@@ -143,8 +143,12 @@ class Executor:
         return self.captured.pack_outputs(out)
 
     def _write_back_ops(self) -> list[Any]:
+        """Assign ops copying the placed values into the user's variables. Plain copies are
+        packed per (source device, destination device, dtype) into one flat tensor, so a step
+        pays one transfer per device pair instead of one per variable (and optimizer slot)."""
         import tensorflow as tf
         ops = []
+        packs: dict[tuple[str, str, Any], list[tuple[Any, Any]]] = {}
         for node, orig, placed in self.pairs:
             if placed is orig or not _is_primary(node):
                 continue
@@ -152,7 +156,19 @@ class Executor:
                 total = tf.add_n([p.read_value() for p in self.sums[id(orig)][1]])
                 ops.append(orig.assign(total, read_value=False))
             else:
-                ops.append(orig.assign(placed.read_value(), read_value=False))
+                packs.setdefault((placed.device, orig.device, orig.dtype), []).append(
+                    (orig, placed))
+        for (src, dst, _dtype), pairs in packs.items():
+            if len(pairs) == 1 or not all(o.shape.is_fully_defined() for o, _p in pairs):
+                ops += [o.assign(p.read_value(), read_value=False) for o, p in pairs]
+                continue
+            with tf.device(src):
+                flat = tf.concat([tf.reshape(p.read_value(), [-1]) for _o, p in pairs], 0)
+            with tf.device(dst):
+                sizes = [int(o.shape.num_elements()) for o, _p in pairs]
+                pieces = tf.split(flat, sizes)
+                for (orig, _p), piece in zip(pairs, pieces):
+                    ops.append(orig.assign(tf.reshape(piece, orig.shape), read_value=False))
         return ops
 
     def write_back(self) -> None:

@@ -33,8 +33,10 @@ def plan_captured(captured: Captured, cluster: Cluster, *, placer: str = "m_etf"
                      calibration=calibration, fingerprint=graph_fingerprint(captured.graph_def))
 
 
-def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = False) -> Any:
-    """The rewritten GraphDef for ``plan``; refuses a plan made for another graph."""
+def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = False,
+                     sum_variables: Any = ()) -> Any:
+    """The rewritten GraphDef for ``plan``; refuses a plan made for another graph.
+    ``sum_variables``: accumulators whose increments Horovod sums over the processes."""
     from tfplace.planner import graph_fingerprint
     from tfplace.rewrite import rewrite
     fp = graph_fingerprint(captured.graph_def)
@@ -46,8 +48,10 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
         from tfplace.data_parallel import replication_spec
         from tfplace.rewrite import horovod, replicate
         spec = replication_spec(plan, captured, collectives=collectives)
-        if plan.sync is not None and plan.sync.backend == "horovod":
-            return horovod.apply(placed, spec)   # one replica per process
+        if plan.sync is not None and plan.sync.backend == "horovod":   # a replica per process
+            ids = {id(v) for v in sum_variables}
+            return horovod.apply(placed, spec, summed=tuple(
+                node for node, v in captured.bindings.items() if id(v) in ids))
         placed = replicate.apply(placed, spec)
     return placed
 
@@ -77,8 +81,10 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
         from tfplace.runtime.devices import collectives_ready, prepare
         prepare(cluster, cluster.names)
         collectives = collectives_ready(cluster)
-    ex = Executor(captured, rewrite_captured(captured, plan, collectives=collectives), plan,
-                  cluster=cluster, writeback=writeback, sum_variables=sum_variables)
+    graph_def = rewrite_captured(captured, plan, collectives=collectives,
+                                 sum_variables=sum_variables)
+    ex = Executor(captured, graph_def, plan, cluster=cluster, writeback=writeback,
+                  sum_variables=sum_variables)
     if horovod:                               # every process starts from rank 0's variables
         broadcast_variables([placed for _node, _orig, placed in ex.pairs])
     return ex

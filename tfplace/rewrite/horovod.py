@@ -6,6 +6,7 @@ Every process runs this same GraphDef; only Horovod's rank, read at run time, di
     bucket of dense grads -> flatten+concat -> HorovodAllreduce(Sum, postscale 1/N) -> split
     IndexedSlices         -> HorovodAllgather(values) * 1/N,  HorovodAllgather(indices)
     float output (loss)   -> HorovodAllreduce(Sum, postscale 1/N)  (the global-batch value)
+    accumulator += delta  -> accumulator += HorovodAllreduce(Sum)(delta)   (Keras metrics)
 
 Horovod matches a collective across processes by its node name; the pass is deterministic, so
 the names agree in every process. The batch split is ``replicas.split_batch``'s: rank r reads
@@ -25,10 +26,12 @@ HOROVOD_OPS = ("HorovodAllreduce", "HorovodAllgather", "HorovodRank")
 _REDUCE_SUM = 1          # horovod.common.basics ReduceOp: Average 0, Sum 1, Adasum 2, ...
 
 
-def apply(graph_def: Any, spec: Any) -> Any:
+def apply(graph_def: Any, spec: Any, *, summed: Sequence[str] = ()) -> Any:
     """A new GraphDef for one Horovod process of ``len(spec.groups)``; ``graph_def`` (one
     placed replica) is not modified. ``spec`` is the replication pass's ``ReplicationSpec``:
-    its batch inputs, outputs, dense buckets and sparse (values, indices) marks."""
+    its batch inputs, outputs, dense buckets and sparse (values, indices) marks. ``summed``:
+    resource placeholders of accumulators (metric totals and counts) whose every increment is
+    summed over the processes, so each process holds the global-batch totals."""
     size = len(spec.groups)
     out = type(graph_def)()
     out.CopyFrom(graph_def)
@@ -36,6 +39,7 @@ def apply(graph_def: Any, spec: Any) -> Any:
     _shard_inputs(out, b, spec.batch_inputs, size)
     _sync_dense(out, b, spec.dense, size)
     _sync_sparse(out, b, spec.sparse, size)
+    _sum_accumulators(out, b, summed)
     _average_outputs(out, b, spec.outputs, size)
     return out
 
@@ -174,6 +178,32 @@ def _sync_sparse(out: Any, b: NodeBuilder, sparse: Sequence[tuple[str, str]], si
             if c not in seen:
                 seen.add(c)
                 todo.append(c)
+
+
+def _sum_accumulators(out: Any, b: NodeBuilder, summed: Sequence[str]) -> None:
+    """``v.assign(v + delta)`` (Keras 3) or ``AssignAddVariableOp(v, delta)`` on an accumulator:
+    the delta becomes its sum over the processes."""
+    nodes, resources = _by_name(out), set(summed)
+    for n in list(out.node):
+        if n.op not in ("AssignVariableOp", "AssignAddVariableOp") or \
+                _src(n.input[0]) not in resources:
+            continue
+        var = _src(n.input[0])
+        if n.op == "AssignAddVariableOp":
+            n.input[1] = _horovod(b, "sum_delta", "HorovodAllreduce", n.input[1],
+                                  n.attr["dtype"].type, n.device, 1.0)
+            continue
+        add = nodes.get(_src(n.input[1]))
+        reads = [i for i, inp in enumerate(add.input[:2]) if nodes[_src(inp)].op ==
+                 "ReadVariableOp" and _src(nodes[_src(inp)].input[0]) == var] \
+            if add is not None and add.op in ("Add", "AddV2") else []
+        if add is None or not reads:
+            raise PlanError(f"accumulator {var!r} is written by {n.name!r} in a way the Horovod "
+                            "backend cannot sum over processes (it handles v.assign(v + x) and "
+                            "v.assign_add(x))")
+        k = 1 - reads[0]
+        add.input[k] = _horovod(b, "sum_delta", "HorovodAllreduce", add.input[k],
+                                add.attr["T"].type, add.device, 1.0)
 
 
 def _average_outputs(out: Any, b: NodeBuilder, outputs: Sequence[str], size: int) -> None:

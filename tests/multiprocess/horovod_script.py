@@ -1,0 +1,94 @@
+"""Run by test_horovod.py under ``horovodrun --gloo -np N``: every rank trains on the GLOBAL batch
+with sync_backend="horovod" and checks itself against the plain single-device step.
+
+Prints one ``RESULT {json}`` line per check and rank: the max absolute and relative weight
+differences and which Horovod ops the rewritten GraphDef holds. Exits 1 on any mismatch.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+import tfplace  # noqa: E402
+import models  # noqa: E402
+
+cluster = tfplace.Cluster.local(1)
+RTOL = 1e-5
+
+
+def diffs(ref, got):
+    """Max |got - ref|, and max |got - ref| / |ref| over the entries with |ref| >= 1e-3."""
+    abs_d = rel_d = 0.0
+    for a, b in zip(ref, got):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        d = np.abs(b - a)
+        abs_d = max(abs_d, float(d.max(initial=0.0)))
+        big = np.abs(a) >= 1e-3
+        rel_d = max(rel_d, float((d[big] / np.abs(a[big])).max(initial=0.0)))
+    return abs_d, rel_d
+
+
+def same(ref, got):
+    assert len(ref) == len(got), (len(ref), len(got))
+    for a, b in zip(ref, got):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=1e-7)
+
+
+def all_weights(model):
+    """The model's weights and its optimizer's variables (slots and iteration count)."""
+    opt = getattr(model, "step_optimizer", None) or model.optimizer
+    return model.get_weights() + [np.asarray(v) for v in opt.variables]
+
+
+def report(check, **fields):
+    import horovod.tensorflow as hvd
+    print("RESULT " + json.dumps({"check": check, "rank": hvd.rank(), "size": hvd.size(),
+                                  **fields}), flush=True)
+
+
+def step_check(kind):
+    ref, (model, step) = models.twin(kind)
+    pstep = tfplace.parallelize(step, cluster=cluster, placer="single", data_parallel="auto",
+                                sync_backend="horovod")
+    models.assert_same_training(ref, (model, pstep), kind=kind, rtol=RTOL)
+    ops = sorted({n.op for n in pstep.executor.graph_def.node if n.op.startswith("Horovod")})
+    plan = pstep.plan
+    assert plan.sync.backend == "horovod" and "backend horovod" in plan.summary(), plan.summary()
+    ref_w, got_w = all_weights(ref[0]), all_weights(model)
+    same(ref_w, got_w)
+    report(kind, ops=ops, replicas=plan.num_replicas, weights=len(ref_w),
+           max_abs=diffs(ref_w, got_w)[0], max_rel=diffs(ref_w, got_w)[1])
+
+
+def keras_check(kind):
+    import keras
+    x, y = models.data(kind, batch=64, seed=3)
+    twins = models.build(kind), models.build(kind)
+    twins[1].set_weights(twins[0].get_weights())
+    fitted = []
+    for m, callbacks in zip(twins, ([], [tfplace.keras.Parallelize(
+            cluster=cluster, placer="single", data_parallel="auto", sync_backend="horovod")])):
+        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
+        hist = m.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                     callbacks=callbacks)
+        fitted.append((m, hist.history, callbacks))
+    (ref, ref_logs, _), (got, got_logs, (cb,)) = fitted
+    for key in ("loss", "mae"):
+        np.testing.assert_allclose(got_logs[key], ref_logs[key], rtol=RTOL)
+    ref_w, got_w = all_weights(ref), all_weights(got)
+    same(ref_w, got_w)
+    ops = sorted({n.op for n in cb.executor.graph_def.node if n.op.startswith("Horovod")})
+    report(f"keras-{kind}", ops=ops, replicas=cb.plan.num_replicas, weights=len(ref_w),
+           max_abs=diffs(ref_w, got_w)[0], max_rel=diffs(ref_w, got_w)[1])
+
+
+if __name__ == "__main__":
+    for check in sys.argv[1:]:
+        if check.startswith("keras-"):
+            keras_check(check[6:])
+        else:
+            step_check(check)

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tfplace.cluster import Cluster
+
+if TYPE_CHECKING:
+    from tfplace.pipeline.value import PipelinePlan
 
 __all__ = ["OpPlacement", "VariablePlacement", "CutEdge", "DeviceUsage", "GradientSyncPlan",
            "Bucket", "Plan", "FORMAT_VERSION"]
@@ -79,6 +82,7 @@ class Plan:
     replicas: tuple[tuple[str, ...], ...] = ()   # data parallelism: each replica's devices
     sync: GradientSyncPlan | None = None
     buckets: tuple[Bucket, ...] = ()
+    pipeline: "PipelinePlan | None" = None     # pipeline parallelism: stages, queues, schedule
 
     # -- queries ------------------------------------------------------------------------------
     def placement(self) -> dict[str, str]:
@@ -133,6 +137,8 @@ class Plan:
                 costs=[plan_pb2.SyncCost(method=m, seconds=c) for m, c in s.costs]))
         p.buckets.extend(plan_pb2.Bucket(gradients=list(b.gradients), bytes=b.bytes)
                          for b in self.buckets)
+        if self.pipeline is not None:
+            p.pipeline.CopyFrom(self.pipeline.to_proto())
         return p
 
     @classmethod
@@ -156,7 +162,8 @@ class Plan:
                    graph_fingerprint=p.graph_fingerprint,
                    replicas=tuple(tuple(r.devices) for r in p.replicas),
                    sync=_sync_from_proto(p.sync) if p.HasField("sync") else None,
-                   buckets=tuple(Bucket(tuple(b.gradients), int(b.bytes)) for b in p.buckets))
+                   buckets=tuple(Bucket(tuple(b.gradients), int(b.bytes)) for b in p.buckets),
+                   pipeline=_pipeline_from_proto(p.pipeline) if p.HasField("pipeline") else None)
 
     def to_bytes(self) -> bytes:
         return bytes(self.to_proto().SerializeToString(deterministic=True))
@@ -188,3 +195,8 @@ def _sync_from_proto(s: Any) -> GradientSyncPlan:
                             fusion_bytes=int(s.fusion_bytes), reason=s.reason,
                             costs=tuple((c.method, float(c.seconds)) for c in s.costs),
                             exposed_seconds=float(s.exposed_seconds))
+
+
+def _pipeline_from_proto(p: Any) -> "PipelinePlan":
+    from tfplace.pipeline.value import PipelinePlan
+    return PipelinePlan.from_proto(p)

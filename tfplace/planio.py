@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from tfplace.errors import PlanError
 
 if TYPE_CHECKING:
+    from tfplace.pipeline.value import PipelinePlan
     from tfplace.plan import GradientSyncPlan, Plan
 
-__all__ = ["save_plan", "load_plan", "summary_table", "is_text_path"]
+__all__ = ["save_plan", "load_plan", "summary_table", "pipeline_lines", "is_text_path"]
 
 MIB = 2**20
 TOP_CUT_EDGES = 5
@@ -122,6 +123,8 @@ def summary_table(plan: "Plan") -> str:
         lines.append(f"  {name:<{width}}  {len(sizes):>5} vars  {_mib(sum(sizes)):>9} MiB")
     if plan.sync is not None:
         lines += [""] + _data_parallel_lines(plan, plan.sync)
+    if plan.pipeline is not None:
+        lines += [""] + pipeline_lines(plan.pipeline)
     return "\n".join(lines)
 
 
@@ -137,4 +140,38 @@ def _data_parallel_lines(plan: "Plan", sync: "GradientSyncPlan") -> list[str]:
     total = sum(b.bytes for b in plan.buckets)
     largest = max((b.bytes for b in plan.buckets), default=0)
     lines.append(f"buckets: {len(plan.buckets)} ({_human(total)} total, largest {_human(largest)})")
+    return lines
+
+
+def _units(names: tuple[str, ...]) -> str:
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]} .. {names[-1]} ({len(names)})"
+
+
+def pipeline_lines(pipe: "PipelinePlan") -> list[str]:
+    """The stages table, the queues table and the schedule's stage x clock grid."""
+    batch = f" of a global batch of {pipe.global_batch}" if pipe.global_batch else ""
+    lines = [f"pipeline: {pipe.num_stages} stages, schedule {pipe.schedule}, "
+             f"{pipe.micro_batches} micro-batches{batch}, predicted step "
+             f"{pipe.predicted_step_seconds * 1e3:.3f} ms"]
+    devs = [",".join(s.devices) for s in pipe.stages]
+    units = [_units(s.units) for s in pipe.stages]
+    dw = max([len("devices")] + [len(d) for d in devs])
+    uw = max([len("units")] + [len(u) for u in units])
+    cols = ("#ops", "GFLOPs", "param MiB", "peak MiB", "stash", "ms/micro")
+    lines.append(f"{'stage':<5}  {'devices':<{dw}}  {'units':<{uw}}  "
+                 + "  ".join(f"{c:>9}" for c in cols))
+    lines.append("-" * len(lines[-1]))
+    for s, d, u in zip(pipe.stages, devs, units):
+        cells = (str(len(s.ops)), f"{s.flops / 1e9:.3f}", _mib(s.param_bytes), _mib(s.peak_bytes),
+                 str(s.stash), f"{s.seconds * 1e3:.3f}")
+        lines.append(f"{'s' + str(s.index):<5}  {d:<{dw}}  {u:<{uw}}  "
+                     + "  ".join(f"{c:>9}" for c in cells))
+    lines.append(f"queues: {len(pipe.queues)}")
+    for q in pipe.queues:
+        lines.append(f"  s{q.src} -> s{q.dst}  {q.direction:<8}  capacity {q.capacity:>2}  "
+                     f"item {_human(q.item_bytes):>10}  peak {q.peak}")
+    lines.append("schedule:")
+    lines += ["  " + row for row in pipe.grid().splitlines()]
     return lines

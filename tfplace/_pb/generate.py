@@ -9,14 +9,14 @@ __all__ = ["PROTO_DIR", "PB_DIR", "MODULES", "generate"]
 
 PB_DIR = Path(__file__).resolve().parent
 PROTO_DIR = PB_DIR.parents[1] / "protos"
-MODULES = ("cluster_pb2.py", "plan_pb2.py")
+MODULES = ("cluster_pb2.py", "plan_pb2.py", "splits_pb2.py")
 
 # protoc writes `import cluster_pb2` for `import "cluster.proto"`; the package needs an absolute import.
 _BARE_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
 
 
 def generate(out_dir: str | Path, proto_dir: str | Path = PROTO_DIR) -> list[Path]:
-    """Write cluster_pb2.py and plan_pb2.py into out_dir; returns the paths written."""
+    """Write one *_pb2.py per protos/*.proto (MODULES) into out_dir; returns the paths written."""
     import subprocess
     from importlib import resources
 

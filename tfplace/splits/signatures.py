@@ -1,0 +1,135 @@
+"""The signature registry: op type -> the legal (input layouts -> output layouts) of one op.
+
+A rule sees an OpContext (shapes, attrs, constant inputs) and lists every local signature it
+supports, best first; all signatures here move no bytes themselves (comm_bytes 0): data moves
+only in boxing. Ops without a rule run replicated: all inputs B -> all outputs B.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from tfplace.errors import PlanError
+from tfplace.splits.layout import B, Layout
+
+__all__ = ["Shape", "OpContext", "Signature", "Rule", "RULES", "register", "signatures",
+           "find_signature", "fits", "format_signature"]
+
+Shape = tuple[int, ...]
+DT_RESOURCE = 20
+
+
+@dataclass(frozen=True)
+class OpContext:
+    """What a rule may look at: one node's shapes, dtypes, attrs and constant integer inputs.
+
+    in_layouts is set only for the few ops whose signatures mirror their inputs (Identity,
+    IdentityN): the producers' current layouts. in_ops names the producers' op types.
+    """
+
+    name: str
+    op: str
+    in_shapes: tuple[Shape | None, ...] = ()
+    out_shapes: tuple[Shape | None, ...] = ()
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    consts: tuple[tuple[int, ...] | None, ...] = ()
+    in_dtypes: tuple[int, ...] = ()
+    in_layouts: tuple[Layout, ...] | None = None
+    in_ops: tuple[str, ...] = ()              # the producers' op types
+
+    def rank(self, i: int) -> int | None:
+        s = self.in_shapes[i] if i < len(self.in_shapes) else None
+        return None if s is None else len(s)
+
+    def out_rank(self, k: int = 0) -> int | None:
+        s = self.out_shapes[k] if k < len(self.out_shapes) else None
+        return None if s is None else len(s)
+
+    def const(self, i: int) -> tuple[int, ...] | None:
+        return self.consts[i] if i < len(self.consts) else None
+
+    def is_resource(self, i: int) -> bool:
+        return i < len(self.in_dtypes) and self.in_dtypes[i] % 100 == DT_RESOURCE
+
+    @property
+    def n_in(self) -> int:
+        return len(self.in_shapes)
+
+    @property
+    def n_out(self) -> int:
+        return len(self.out_shapes)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """inputs -> outputs; divided: each device runs 1/n of the op's FLOPs (else all of them)."""
+
+    inputs: tuple[Layout, ...]
+    outputs: tuple[Layout, ...]
+    divided: bool = False
+    comm_bytes: int = 0
+
+    def compute_share(self, n: int) -> float:
+        return 1.0 / n if self.divided else 1.0
+
+
+Rule = Callable[[OpContext], Sequence[Signature]]
+RULES: dict[str, Rule] = {}
+
+
+def register(*ops: str) -> Callable[[Rule], Rule]:
+    """Decorator adding a rule under each op type in `ops`."""
+    def deco(fn: Rule) -> Rule:
+        for op in ops:
+            RULES[op] = fn
+        return fn
+    return deco
+
+
+def replicated(ctx: OpContext) -> Signature:
+    return Signature((B,) * ctx.n_in, (B,) * ctx.n_out)
+
+
+def signatures(ctx: OpContext) -> tuple[Signature, ...]:
+    """Every legal signature of the op, deduplicated, in the rule's order of preference."""
+    rule = RULES.get(ctx.op)
+    found = list(rule(ctx)) if rule is not None else [replicated(ctx)]
+    return tuple(dict.fromkeys(found))
+
+
+def fits(sig: Signature, ctx: OpContext, n: int) -> bool:
+    """Whether every split in `sig` divides its axis into n equal shards (unknown dims pass;
+    resource handles are skipped: their variable was checked when it was split)."""
+    handles = [ctx.is_resource(i) for i in range(ctx.n_in)]
+    for layouts, shapes, skip in ((sig.inputs, ctx.in_shapes, handles),
+                                  (sig.outputs, ctx.out_shapes, [False] * ctx.n_out)):
+        for lay, shape, handle in zip(layouts, shapes, skip):
+            if lay.is_split and not handle:
+                if shape is None or lay.axis >= len(shape):
+                    return False
+                dim = shape[lay.axis]
+                if dim >= 0 and dim % n:
+                    return False
+    return True
+
+
+def format_signature(op: str, sig: Signature) -> str:
+    outs = ", ".join(map(str, sig.outputs))
+    return f"{op}({', '.join(map(str, sig.inputs))}) -> {outs if len(sig.outputs) == 1 else '(' + outs + ')'}"
+
+
+def find_signature(ctx: OpContext, inputs: Sequence[Layout | str], n: int | None = None) -> Signature:
+    """The signature taking exactly `inputs`; PlanError naming the op and what it supports."""
+    from tfplace.splits.layout import parse_layout
+    want = tuple(parse_layout(x) for x in inputs)
+    sigs = [s for s in signatures(ctx) if n is None or fits(s, ctx, n)]
+    for s in sigs:
+        if s.inputs == want:
+            return s
+    supported = "; ".join(format_signature(ctx.op, s) for s in sigs) or "none"
+    raise PlanError(f"op {ctx.name!r} ({ctx.op}) has no signature for inputs "
+                    f"({', '.join(map(str, want))}); it supports: {supported}. Split its inputs "
+                    "another way, or leave them unsplit (B)")
+
+
+from tfplace.splits import rules_linear, rules_pointwise, rules_shape, rules_state  # noqa: E402,F401  (register)

@@ -1,0 +1,37 @@
+"""The split plan as a fixed-width table: split ops with their layouts, boxing steps with bytes."""
+from __future__ import annotations
+
+from tfplace.splits.splitplan import SplitPlan
+
+__all__ = ["summary_table"]
+
+
+def _fmt(layouts: tuple) -> str:
+    return "(" + ", ".join(map(str, layouts)) + ")"
+
+
+def summary_table(plan: SplitPlan) -> str:
+    """Deterministic text: the group, each split op, each boxing step, each split variable."""
+    lines = [f"splits on {len(plan.devices)} devices: {', '.join(plan.devices)}",
+             f"split ops: {len(plan.ops)}"]
+    if plan.ops:
+        nw = max(len(o.name) for o in plan.ops)
+        tw = max(len(o.op) for o in plan.ops)
+        for o in plan.ops:
+            lines.append(f"  {o.name:<{nw}}  {o.op:<{tw}}  {_fmt(o.inputs)} -> {_fmt(o.outputs)}")
+    lines.append(f"boxing: {len(plan.boxing)} steps, {plan.boxing_bytes} bytes per device")
+    if plan.boxing:
+        nw = max(len(b.tensor) for b in plan.boxing)
+        cw = max(len(b.collective) for b in plan.boxing)
+        for b in plan.boxing:
+            readers = ", ".join(c or "<output>" for c in b.consumers)
+            lines.append(f"  {b.tensor:<{nw}}  {str(b.src):>4} -> {str(b.dst):<4}  "
+                         f"{b.collective:<{cw}}  {b.bytes:>10} B  for {readers}")
+    lines.append(f"split variables: {len(plan.variables)}")
+    if plan.variables:
+        vw = max(len(v.variable) for v in plan.variables)
+        for v in plan.variables:
+            shard = "x".join(map(str, v.shapes[0])) if v.shapes else "-"
+            lines.append(f"  {v.variable:<{vw}}  {str(v.layout):<4}  shard {shard} "
+                         f"on {len(v.devices)} devices")
+    return "\n".join(lines)

@@ -179,7 +179,8 @@ def plan_pipeline(source: OpDag | Sequence[Unit], cluster: Cluster, *,
                   capacities: Capacities = None,
                   devices: Sequence[str | Sequence[str]] | None = None,
                   global_batch: int | None = None, param_factor: float = 1.0,
-                  model_scope: str | None = None) -> PipelinePlan:
+                  model_scope: str | None = None,
+                  layer_names: Sequence[str] | None = None) -> PipelinePlan:
     """A pipeline plan: contiguous balanced stages, queue capacities checked against deadlock.
 
     source: a captured training step's OpDag (units = its layers, ``units_from_dag``) or units.
@@ -188,11 +189,13 @@ def plan_pipeline(source: OpDag | Sequence[Unit], cluster: Cluster, *,
     or (forward, backward), each an int or one per queue (default DEFAULT_CAPACITY).
     global_batch: checked to split into micro_batches. param_factor: multiplies parameter
     bytes (units from a DAG already count optimizer slots; hand-made units may pass 3 for Adam).
+    model_scope, layer_names: how units are found in a DAG (``units.units_from_dag``); pass
+    ``[l.name for l in model.layers]`` so units and stage_boundaries use Keras layer names.
     """
     stage_orders(schedule, 1, micro_batches)               # unknown schedule / bad M first
     if global_batch is not None:
         split_batch(global_batch, micro_batches)
-    units = tuple(units_from_dag(source, model_scope=model_scope)
+    units = tuple(units_from_dag(source, model_scope=model_scope, layer_names=layer_names)
                   if isinstance(source, OpDag) else source)
     if not units:
         raise PlanError("no units to split into pipeline stages; pass a training step's OpDag "

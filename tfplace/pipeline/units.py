@@ -21,13 +21,15 @@ rate and step counter); then the latest among their inputs, else the first unit.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Sequence
 
 from tfplace.analysis import DT_RESOURCE, DT_VARIANT, OpDag, split_input
 from tfplace.errors import GraphError
 from tfplace.memory import ALIASING_OPS
 
-__all__ = ["Unit", "GRADIENT_SCOPE", "units_from_dag", "unit_of_ops"]
+__all__ = ["Unit", "GRADIENT_SCOPE", "units_from_dag", "unit_of_ops", "layer_names_of"]
 
 GRADIENT_SCOPE = "gradient_tape/"
 
@@ -110,10 +112,37 @@ def _propagate(dag: OpDag, unit: list[int], grads: list[bool]) -> dict[int, list
     return per_output
 
 
-def unit_of_ops(dag: OpDag, *, model_scope: str | None = None
+def layer_names_of(scopes: Sequence[str], layers: Sequence[str]) -> list[str]:
+    """Name scopes -> Keras layer names, matching in order.
+
+    Keras 3 traces layer `dense` under the scope `dense_1`, `dense_1` under `dense_1_2`: a
+    scope is its layer's name, or that name plus `_<n>`. Scopes and layers are both in forward
+    order, so each scope takes the next layer that matches it; a scope no layer matches (the
+    loss) keeps its name.
+    """
+    out, at = [], 0
+    for scope in scopes:
+        for k in range(at, len(layers)):
+            name = layers[k]
+            if scope == name or re.fullmatch(re.escape(name) + r"_\d+", scope):
+                out.append(name)
+                at = k + 1
+                break
+        else:
+            out.append(scope)
+    if len(set(out)) != len(out):
+        return list(scopes)             # an ambiguous match: keep the scopes
+    return out
+
+
+def unit_of_ops(dag: OpDag, *, model_scope: str | None = None,
+                layer_names: Sequence[str] | None = None,
                 ) -> tuple[list[str], list[int], dict[int, list[int]]]:
     """(unit names in forward order, unit index of every node in dag order, and for IdentityN
-    nodes, which pass many gradients at once, the unit of each output/input pair)."""
+    nodes, which pass many gradients at once, the unit of each output/input pair).
+
+    layer_names: the model's layer names in order (``[l.name for l in model.layers]``), to name
+    units after layers rather than their trace-time scopes."""
     keys, grads = _scopes(dag, model_scope)
     first: dict[str, int] = {}
     for i, (key, grad) in enumerate(zip(keys, grads)):
@@ -128,6 +157,8 @@ def unit_of_ops(dag: OpDag, *, model_scope: str | None = None
     index = {k: u for u, k in enumerate(names)}
     unit = [index.get(k, -1) if k is not None else -1 for k in keys]
     per_output = _propagate(dag, unit, grads)
+    if layer_names is not None:
+        names = layer_names_of(names, layer_names)
     return names, unit, per_output
 
 
@@ -140,13 +171,14 @@ def _input_index(dag: OpDag, consumer: int, producer: int, k: int) -> int:
     return _inputs(dag, consumer).index((producer, k))
 
 
-def units_from_dag(dag: OpDag, *, model_scope: str | None = None) -> tuple[Unit, ...]:
+def units_from_dag(dag: OpDag, *, model_scope: str | None = None,
+                   layer_names: Sequence[str] | None = None) -> tuple[Unit, ...]:
     """The units of a captured training step, in forward order, with their costs.
 
     model_scope: the model's top-level name scope (e.g. "mlp_1"); by default the differentiated
-    scope whose layers hold parameters.
+    scope whose layers hold parameters. layer_names: see ``unit_of_ops``.
     """
-    names, unit, per_output = unit_of_ops(dag, model_scope=model_scope)
+    names, unit, per_output = unit_of_ops(dag, model_scope=model_scope, layer_names=layer_names)
     n_units = len(names)
     flops = [0.0] * n_units
     params = [0] * n_units

@@ -255,9 +255,9 @@ def _peak(graph: _Graph, time: list[int], src: int, dst: int, kind: str) -> int:
            for i, op in enumerate(graph.orders[src]) if op.kind == kind}
     get = {op: time[2 * (graph.first[dst] + i) + START]
            for i, op in enumerate(graph.orders[dst]) if op.kind == kind}
-    events = sorted([(t, 1) for t in put.values()] + [(get[op], -1) for op in put])
     live = peak = 0
-    for _, d in sorted(events, key=lambda e: (e[0], e[1])):   # gets before puts at one tick
+    # (tick, -1) sorts before (tick, +1): a slot freed at a tick can be refilled at that tick
+    for _, d in sorted([(t, 1) for t in put.values()] + [(get[op], -1) for op in put]):
         live += d
         peak = max(peak, live)
     return peak

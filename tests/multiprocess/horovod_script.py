@@ -7,6 +7,9 @@ differences and which Horovod ops the rewritten GraphDef holds. Exits 1 on any m
 import json
 import os
 import sys
+import time
+
+START = time.perf_counter()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -47,7 +50,8 @@ def all_weights(model):
 def report(check, **fields):
     import horovod.tensorflow as hvd
     print("RESULT " + json.dumps({"check": check, "rank": hvd.rank(), "size": hvd.size(),
-                                  **fields}), flush=True)
+                                  "seconds": round(time.perf_counter() - START, 1), **fields}),
+          flush=True)
 
 
 def step_check(kind):
@@ -86,9 +90,31 @@ def keras_check(kind):
            max_abs=diffs(ref_w, got_w)[0], max_rel=diffs(ref_w, got_w)[1])
 
 
+def cli_check(script):
+    """`tfplace run --sync-backend horovod` on every rank: the plain run's losses."""
+    import contextlib
+    import io
+    import re
+    from tfplace.cli import main
+    losses = []
+    for extra in ([], ["--data-parallel", "auto", "--sync-backend", "horovod"]):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["run", f"{script}:train_step", "--cluster", "local:1", "--placer",
+                         "single", "--batch-size", "16", "--steps", "4", *extra])
+        assert code == 0, (code, out.getvalue())
+        losses.append([float(v) for v in re.findall(r"loss ([-\d.e]+)", out.getvalue())])
+    ref, got = losses
+    assert len(ref) == 4 and ref[-1] < ref[0], ref
+    np.testing.assert_allclose(got, ref, rtol=RTOL)
+    report("cli-run", losses=got, max_abs=float(np.max(np.abs(np.subtract(got, ref)))))
+
+
 if __name__ == "__main__":
     for check in sys.argv[1:]:
         if check.startswith("keras-"):
             keras_check(check[6:])
+        elif check.startswith("cli-run="):
+            cli_check(check[8:])
         else:
             step_check(check)

@@ -99,16 +99,15 @@ def _shard_inputs(out: Any, b: NodeBuilder, batch_inputs: Sequence[str], size: i
         if ph is None or ph.op != "Placeholder":
             raise PlanError(f"input {name!r} is not a placeholder of this graph")
         dims = ph.attr["shape"].shape.dim
-        if ph.attr["shape"].shape.unknown_rank or not dims or dims[0].size < 1:
-            raise PlanError(f"input {name!r} has no static batch dimension; the Horovod backend "
-                            "splits the global batch by rank and needs it (trace with fixed "
-                            "input shapes)")
-        per = int(dims[0].size)
+        per = int(dims[0].size) if dims else 0        # -1: any batch that splits evenly
         rest = [int(d.size) for d in dims[1:]]
-        if sum(1 for d in rest if d < 0) > 1:
-            raise PlanError(f"input {name!r} has shape {[per, *rest]}: more than one unknown "
-                            "dimension; trace with fixed input shapes")
-        dims[0].size = per * size
+        if ph.attr["shape"].shape.unknown_rank or not dims or \
+                sum(1 for d in (per, *rest) if d < 0) > 1:
+            raise PlanError(f"input {name!r} has shape {[per, *rest] if dims else 'unknown'}; "
+                            "the Horovod backend splits the batch by rank and needs every "
+                            "dimension but the batch known (trace with fixed input shapes)")
+        if per > 0:
+            dims[0].size = per * size
         if "_output_shapes" in ph.attr:
             del ph.attr["_output_shapes"]
         dtype, dev = ph.attr["dtype"].type, ph.device

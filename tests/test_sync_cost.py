@@ -8,7 +8,7 @@ from tfplace.errors import PlanError
 from tfplace.plan import Bucket, GradientSyncPlan
 from tfplace.replicas import replica_groups
 from tfplace.sync_cost import (MAX_FUSION_BYTES, MIN_FUSION_BYTES, SYNC_CHOICES, SYNC_METHODS,
-                               choose_sync, default_fusion_bytes, gradient_sync_plan,
+                               LinkProfile, choose_sync, default_fusion_bytes, gradient_sync_plan,
                                hierarchical_seconds, make_buckets, plan_buckets, ps_seconds,
                                ring_seconds)
 
@@ -232,3 +232,80 @@ def test_ps_costed_on_the_busiest_real_shard():
     assert dict(real.costs)["ps"] == pytest.approx(2 * 3 * 2e6 / 1e9 + 2e-4)
     assert dict(real.costs)["ring"] == pytest.approx(2 * 3 / 4 * 4e6 / 1e9 + 6e-4)
     assert "L=" in real.reason and "busiest shard" in real.reason
+
+
+# -- the measured link profile: messages, contended bandwidths ----------------------------------
+def test_ring_and_ps_message_terms() -> None:
+    b, o = 16 * 10**6, 1e-4                                       # B/bw = 16 ms
+    # ring: 2(n-1)/n·B/bw + 2(n-1)·lat + 2n(n-1)·k·o: 4 nodes, 3 buckets -> 72 messages
+    assert ring_seconds(4, b, GB, LAT, buckets=3, message_seconds=o) == exact(
+        0.024 + 6e-4 + 72 * o)
+    assert ring_seconds(2, b, GB, LAT, buckets=1, message_seconds=o) == exact(0.016 + 2e-4 + 4 * o)
+    assert ring_seconds(1, b, GB, LAT, buckets=3, message_seconds=o) == 0.0
+    # colocated ps: + 2(n-1)·k·o (n-1 pushes and n-1 pulls per bucket): 18 messages
+    assert ps_seconds(4, b, GB, LAT, 4, buckets=3, message_seconds=o) == exact(
+        0.024 + 2e-4 + 18 * o)
+    # dedicated ps: n pushes and n pulls per bucket: + 2n·k·o
+    assert ps_seconds(4, b, GB, LAT, 1, buckets=3, message_seconds=o) == exact(
+        0.128 + 2e-4 + 24 * o)
+    # o = 0 (the default) is the plain alpha-beta model
+    assert ring_seconds(4, b, GB, LAT, buckets=7) == exact(ring_seconds(4, b, GB, LAT))
+    with pytest.raises(PlanError, match="buckets=0 must be an int >= 1"):
+        ring_seconds(4, b, GB, LAT, buckets=0)
+
+
+def test_link_profile_lookup_and_validation() -> None:
+    p = LinkProfile(message_seconds=2e-4, ring_bandwidth=((2, 8e8), (3, 4e8)),
+                    alltoall_bandwidth=((3, 3e8),))
+    assert p.ring_bw(3, GB) == 4e8 and p.ring_bw(4, GB) == GB       # uncovered N: the link's
+    assert p.alltoall_bw(3, GB) == 3e8 and p.alltoall_bw(2, GB) == GB
+    with pytest.raises(PlanError, match=r"must be positive \(message_seconds=-1.0, 3: 0.0\)"):
+        LinkProfile(message_seconds=-1.0, ring_bandwidth=((3, 0.0),))
+
+
+def test_profile_turns_ps_on_for_small_messages_on_shared_cores() -> None:
+    """3 replicas sharing a host's cores, 256 KiB in one bucket on one ps shard: the plain
+    model picks ring (the shard's link carries 2(N-1)·B), the messages pick ps (12 vs 4)."""
+    c = flat(3, 1e9, 2.5e-4)
+    groups = one_per_device(c)
+    b = 256 * 1024
+    plain = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1)
+    assert plain.method == "ring"
+    p = LinkProfile(message_seconds=2e-4, ring_bandwidth=((3, 4e8),),
+                    alltoall_bandwidth=((3, 4e8),))
+    d = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1, profile=p)
+    ring = 4 / 3 * b / 4e8 + 4 * 2.5e-4 + 12 * 2e-4                # 4.27 ms
+    ps = 4 * b / 4e8 + 2 * 2.5e-4 + 4 * 2e-4                       # 3.92 ms
+    assert d.costs == (("ps", exact(ps)), ("ring", exact(ring)))
+    assert d.method == "ps"
+    assert d.reason == ("ps: 2(N-1)·L/bw + 2·lat + 2(N-1)·k·o = 3.9 ms  <  "
+                        "ring: 2(N-1)/N·B/bw + 2(N-1)·lat + 2N(N-1)·k·o = 4.3 ms  "
+                        "[N=3, S=3, B=256.00 KiB, bw=400.0 MB/s, lat=250 us, k=1 o=200 us, "
+                        "L=256.00 KiB (busiest shard)]")
+
+
+def test_profile_alltoall_bandwidth_charges_ps_contention() -> None:
+    """4 replicas, 16 MiB in 16 balanced buckets: equal bytes per link, so the plain model
+    prefers ps (2 latencies, not 6); measured all-to-all at 85% of the ring's per-flow
+    bandwidth makes ring the cheaper."""
+    c = flat(4, 1.2e7, 2.5e-4)
+    groups = one_per_device(c)
+    b = 16 * MIB
+    assert choose_sync(groups, c, b, ps_busiest_bytes=b // 4, buckets=16).method == "ps"
+    p = LinkProfile(message_seconds=1.8e-4, ring_bandwidth=((4, 1.1e7),),
+                    alltoall_bandwidth=((4, 0.85 * 1.1e7),))
+    d = choose_sync(groups, c, b, ps_busiest_bytes=b // 4, buckets=16, profile=p)
+    ring = 1.5 * b / 1.1e7 + 6 * 2.5e-4 + 2 * 4 * 3 * 16 * 1.8e-4
+    ps = 6 * (b / 4) / (0.85 * 1.1e7) + 2 * 2.5e-4 + 2 * 3 * 16 * 1.8e-4
+    assert dict(d.costs) == {"ring": exact(ring), "ps": exact(ps)}
+    assert d.method == "ring"
+
+
+def test_default_bucket_count_follows_the_fusion_size() -> None:
+    # k = ceil(B / default_fusion_bytes(N, bw, lat, B)); F = 10·4·1e-4·1e9 = 4 MB -> 5 buckets
+    c = flat(4)
+    p = LinkProfile(message_seconds=1e-4)
+    d = choose_sync(one_per_device(c), c, 18 * 10**6, profile=p)
+    assert dict(d.costs)["ring"] == exact(ring_seconds(4, 18 * 10**6, GB, LAT, buckets=5,
+                                                       message_seconds=1e-4))
+    assert "k=5 o=100 us" in d.reason

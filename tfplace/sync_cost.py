@@ -9,7 +9,16 @@ N = replicas, B = gradient bytes per replica, bw/lat = the slowest link between 
     ps            push B/S to each of S shards, pull the fresh B/S back
     hierarchical  within each worker: reduce | ring across the W workers | within: broadcast
 
-Pure functions of numbers; the cluster only supplies bandwidth and latency in `choose_sync`.
+Beyond one link's alpha-beta figures, a measured `LinkProfile` (optional; all terms vanish
+without one) charges what alpha-beta misses when replicas share hosts or a switch:
+
+    o        host seconds per message (gRPC RecvTensor) when many are in flight; a ring of N
+             sends 2N(N-1) messages per bucket, a ps 2(N-1) (N-1 pushes + N-1 pulls)
+    bw_ring  bytes/s per flow while all N ring flows run at once (shared cores copy the bytes)
+    bw_a2a   bytes/s into each node while every node sends to every other at once (the ps
+             traffic: N-1 flows into each aggregator, incast and shared cores included)
+
+Pure functions of numbers; the cluster supplies bandwidth and latency, the profile the rest.
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ if TYPE_CHECKING:
     from tfplace.plan import Bucket, GradientSyncPlan
 
 __all__ = ["SYNC_METHODS", "SYNC_CHOICES", "ring_seconds", "ps_seconds", "hierarchical_seconds",
-           "SyncDecision", "choose_sync", "plan_buckets", "make_buckets", "default_fusion_bytes",
+           "LinkProfile", "SyncDecision", "choose_sync", "plan_buckets", "make_buckets", "default_fusion_bytes",
            "gradient_sync_plan", "MIN_FUSION_BYTES", "MAX_FUSION_BYTES"]
 
 SYNC_METHODS = ("ring", "ps", "hierarchical")     # in order of preference when costs tie
@@ -52,21 +61,28 @@ def _check(n: int, nbytes: float, bandwidth: float, latency: float, what: str = 
         raise PlanError(f"link latency must be >= 0 s (got {latency})")
 
 
-def ring_seconds(n: int, nbytes: float, bandwidth: float, latency: float) -> float:
-    """Ring all-reduce of `nbytes` over `n` nodes:
+def ring_seconds(n: int, nbytes: float, bandwidth: float, latency: float, *,
+                 buckets: int = 1, message_seconds: float = 0.0) -> float:
+    """Ring all-reduce of `nbytes` over `n` nodes, in `buckets` fusion buckets:
 
-        2(n-1)/n · B/bw + 2(n-1)·lat        (0 when n == 1)
+        2(n-1)/n · B/bw + 2(n-1)·lat + 2n(n-1)·k·o        (0 when n == 1)
 
-    n-1 reduce-scatter steps then n-1 all-gather steps, each moving B/n bytes per link.
+    n-1 reduce-scatter steps then n-1 all-gather steps, each moving B/n bytes per link; the
+    k buckets run concurrently, so the 2(n-1) sequential latencies are paid once. Every step of
+    every bucket sends n chunk messages (one per node): 2n(n-1)·k messages of o host seconds
+    each (o = 0 when the nodes do not share cores).
     """
     _check(n, nbytes, bandwidth, latency)
+    _check(buckets, nbytes, bandwidth, message_seconds, "buckets")
     if n == 1:
         return 0.0
-    return 2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
+    return (2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
+            + 2 * n * (n - 1) * buckets * message_seconds)
 
 
 def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: int, *,
-               colocated: bool | None = None) -> float:
+               colocated: bool | None = None, buckets: int = 1,
+               message_seconds: float = 0.0) -> float:
     """Parameter-server sync of `nbytes` from `n` workers over `shards` shards balanced by bytes.
 
     Every worker pushes B/S to each shard and pulls the fresh B/S back; the bottleneck is the
@@ -78,10 +94,12 @@ def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: 
 
     A dedicated shard receives n·B/S and sends n·B/S (with S > n, each worker's own B is the
     busier link). A colocated shard's own worker does not cross the network, hence n-1.
-    `colocated` defaults to `shards == n` (one shard on every worker).
+    `colocated` defaults to `shards == n` (one shard on every worker). Each of the k buckets
+    adds its messages, n-1 pushes and n-1 pulls (n of each when dedicated): + 2(n-1)·k·o.
     """
     _check(n, nbytes, bandwidth, latency)
     _check(shards, nbytes, bandwidth, latency, "shards")
+    _check(buckets, nbytes, bandwidth, message_seconds, "buckets")
     if colocated is None:
         colocated = shards == n
     if colocated:
@@ -90,8 +108,10 @@ def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: 
                             f"(got {n}); use shards <= {n} or dedicated shards")
         if n == 1:
             return 0.0
-        return 2 * (n - 1) * nbytes / (shards * bandwidth) + 2 * latency
-    return 2 * max(n, shards) * nbytes / (shards * bandwidth) + 2 * latency
+        return (2 * (n - 1) * nbytes / (shards * bandwidth) + 2 * latency
+                + 2 * (n - 1) * buckets * message_seconds)
+    return (2 * max(n, shards) * nbytes / (shards * bandwidth) + 2 * latency
+            + 2 * n * buckets * message_seconds)
 
 
 def hierarchical_seconds(workers: int, devices_per_worker: int, nbytes: float, intra_bw: float,
@@ -110,6 +130,37 @@ def hierarchical_seconds(workers: int, devices_per_worker: int, nbytes: float, i
     d = devices_per_worker
     within = (d - 1) / d * nbytes / intra_bw + (d - 1) * intra_lat
     return 2 * within + ring_seconds(workers, nbytes, inter_bw, inter_lat)
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """What a link calibration measured beyond one link's bandwidth and latency.
+
+    message_seconds     o, host seconds per message while many are in flight (>= 0)
+    ring_bandwidth      ((m, bytes/s per flow while m ring flows run at once), ...)
+    alltoall_bandwidth  ((m, bytes/s into each node while m nodes all send to each other), ...)
+
+    A replica count with no entry uses the cluster's link bandwidth (the plain model).
+    """
+
+    message_seconds: float = 0.0
+    ring_bandwidth: tuple[tuple[int, float], ...] = ()
+    alltoall_bandwidth: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        bad = [f"message_seconds={self.message_seconds!r}"] if not self.message_seconds >= 0 \
+            else []
+        bad += [f"{m}: {bw!r}" for m, bw in self.ring_bandwidth + self.alltoall_bandwidth
+                if not bw > 0]
+        if bad:
+            raise PlanError(f"link profile figures must be positive ({', '.join(bad)}); "
+                            "recalibrate the links")
+
+    def ring_bw(self, n: int, default: float) -> float:
+        return dict(self.ring_bandwidth).get(n, default)
+
+    def alltoall_bw(self, n: int, default: float) -> float:
+        return dict(self.alltoall_bandwidth).get(n, default)
 
 
 @dataclass(frozen=True)
@@ -163,18 +214,24 @@ def _tie_key(seconds: float) -> float:
 
 def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: int, *,
                 backward_seconds: float = 0.0, requested: str = "auto",
-                ps_shards: int | None = None,
-                ps_busiest_bytes: int | None = None) -> SyncDecision:
+                ps_shards: int | None = None, ps_busiest_bytes: int | None = None,
+                buckets: int | None = None, profile: LinkProfile | None = None) -> SyncDecision:
     """Predict each sync method's seconds for one step and pick the cheapest (or `requested`).
 
     N = len(groups); each replica talks through its first device.
       ring: the slowest link between consecutive replicas (around the ring).
       ps:   the slowest link between any two replicas; `ps_shards` None (or N) puts one shard on
-            every replica (colocated), fewer means dedicated shard devices.
+            every replica (colocated), fewer means dedicated shard devices. `ps_busiest_bytes`
+            L (the most bytes one aggregation device gets per replica, as the rewrite shards
+            the buckets) replaces the balanced B/S: 2(N-1)·L/bw + 2·lat + 2(N-1)·k·o.
       hierarchical: only weighed when the replicas span more than one gRPC task and some task
             holds more than one replica (or when requested); d = the most replicas in one task,
             bw_in/lat_in = the slowest link between replicas of one task, bw/lat = the slowest
             link around the ring of the tasks' first replicas.
+    `buckets` k = fusion buckets (None: ceil(B / default_fusion_bytes) on the ring's link).
+    `profile` (a link calibration): o = its message_seconds; ring's bw = its per-flow bandwidth
+    with N ring flows at once, ps's bw = its per-node all-to-all bandwidth among N; an N it
+    does not cover keeps the link's bandwidth.
     Ties go to the earlier method in SYNC_METHODS. `requested` other than "auto" is honoured
     and every cost is still reported. exposed_seconds = max(0, chosen - backward_seconds):
     bucketed sync can hide at most the backward pass.
@@ -192,16 +249,28 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     shards = n if ps_shards is None else ps_shards
     ring_bw, ring_lat = _slowest(cluster, _ring_pairs(leaders))
     ps_bw, ps_lat = _slowest(cluster, list(combinations(leaders, 2)))
-    costs = {"ring": ring_seconds(n, grad_bytes, ring_bw, ring_lat),
-             "ps": ps_seconds(n, grad_bytes, ps_bw, ps_lat, shards)}
+    prof = profile if profile is not None else LinkProfile()
+    o = prof.message_seconds
+    ring_bw, ps_bw = prof.ring_bw(n, ring_bw), prof.alltoall_bw(n, ps_bw)
+    if buckets is None:
+        fusion = default_fusion_bytes(n, ring_bw, ring_lat, max(grad_bytes, 1))
+        buckets = max(1, math.ceil(grad_bytes / fusion))
+    k = buckets
+    costs = {"ring": ring_seconds(n, grad_bytes, ring_bw, ring_lat, buckets=k,
+                                  message_seconds=o),
+             "ps": ps_seconds(n, grad_bytes, ps_bw, ps_lat, shards, buckets=k,
+                              message_seconds=o)}
     if ps_busiest_bytes is not None and n > 1:
         # the shards the rewrite really makes (one per bucket, least-loaded first) are rarely
         # balanced: the busiest one, L bytes, bounds the step: 2(N-1)·L/bw + 2·lat
-        costs["ps"] = 2 * (n - 1) * ps_busiest_bytes / ps_bw + 2 * ps_lat
+        costs["ps"] = 2 * (n - 1) * ps_busiest_bytes / ps_bw + 2 * ps_lat \
+            + 2 * (n - 1) * k * o
     figures = [f"N={n}", f"S={shards}", f"B={_bytes(grad_bytes)}",
                f"bw={_bw(ring_bw)}", f"lat={ring_lat * 1e6:.3g} us"]
     if (ps_bw, ps_lat) != (ring_bw, ring_lat):
         figures.append(f"ps bw={_bw(ps_bw)} lat={ps_lat * 1e6:.3g} us")
+    if o:
+        figures.append(f"k={k} o={o * 1e6:.3g} us")
 
     by_task: dict[str, list[str]] = {}
     for lead in leaders:
@@ -222,6 +291,10 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     if ps_busiest_bytes is not None and n > 1:
         formula["ps"] = "2(N-1)·L/bw + 2·lat"
         figures.append(f"L={_bytes(ps_busiest_bytes)} (busiest shard)")
+    if o:
+        formula["ring"] += " + 2N(N-1)·k·o"
+        formula["ps"] += " + 2(N-1)·k·o" if shards == n or ps_busiest_bytes is not None \
+            else " + 2N·k·o"
     chain = ""
     for i, m in enumerate(order):
         if i:

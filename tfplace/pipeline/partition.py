@@ -49,11 +49,14 @@ def check_stage_count(stages: int, units: int, devices: int) -> None:
 
 def balance(n_units: int, n_stages: int, time: StageCost, *,
             fits: Callable[[int, int, int], bool] | None = None,
-            starts: Collection[int] = ()) -> tuple[int, ...] | None:
+            starts: Collection[int] = (), bound: StageCost | None = None,
+            ) -> tuple[int, ...] | None:
     """The first unit of each stage for the partition minimising the slowest stage's time.
 
     time(s, i, j): stage s running units [i, j). fits(s, i, j): whether that is allowed (memory).
     starts: unit indices that must begin a stage. None when no partition satisfies fits/starts.
+    bound(s, i, j): optional lower bound of time that never shrinks as i decreases (compute
+    alone); the search over i stops once it exceeds the best time found, which keeps it exact.
     """
     if n_stages < 1 or n_units < n_stages:
         return None
@@ -67,13 +70,17 @@ def balance(n_units: int, n_stages: int, time: StageCost, *,
         for j in range(s, last + 1):
             # the stage [i, j) may not contain a forced start strictly inside it
             low = max([b for b in forced if b < j], default=0)
-            for i in range(max(s - 1, low), j):
+            here = inf
+            for i in range(j - 1, max(s - 1, low) - 1, -1):     # descending: `bound` grows
+                if bound is not None and bound(s - 1, i, j) > here:
+                    break
                 prev = best[s - 1][i]
                 if prev == inf or (fits is not None and not fits(s - 1, i, j)):
                     continue
                 t = max(prev, time(s - 1, i, j))
-                if t < best[s][j]:
-                    best[s][j], cut[s][j] = t, i
+                if t <= here:                                  # ties: the smallest i
+                    here, cut[s][j] = t, i
+            best[s][j] = here
     if best[n_stages][n_units] == inf:
         return None
     bounds = []
@@ -90,7 +97,8 @@ def balance_costs(costs: Sequence[float], stages: int, *,
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
-    out = balance(len(costs), stages, lambda s, i, j: prefix[j] - prefix[i], starts=starts)
+    span: StageCost = lambda s, i, j: prefix[j] - prefix[i]      # noqa: E731
+    out = balance(len(costs), stages, span, starts=starts, bound=span)
     if out is None:
         raise PlanError(f"cannot split {len(costs)} units into {stages} stages with stage "
                         f"starts at ({', '.join(map(str, sorted(starts)))}); use fewer forced "

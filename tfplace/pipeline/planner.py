@@ -67,43 +67,53 @@ def _groups(cluster: Cluster, devices: Sequence[str | Sequence[str]] | None
 
 
 class _Costs:
-    """Prefix sums and the per-(stage, i, j) time and memory of one K."""
+    """The per-(stage, i, j) time and memory of one K, as prefix sums and per-stage tables so
+    the O(K n^2) partition search costs a few lookups per candidate."""
 
     def __init__(self, units: Sequence[Unit], cluster: Cluster, groups: list[tuple[str, ...]],
                  k: int, m: int, schedule: str, fwd: tuple[int, ...], bwd: tuple[int, ...],
                  param_factor: float) -> None:
-        self.units, self.cluster, self.groups, self.m = units, cluster, groups[:k], m
-        self.fwd, self.bwd, self.param_factor = fwd, bwd, param_factor
+        self.units, self.groups, self.m = units, groups[:k], m
         self.stash = stash_peaks(stage_orders(schedule, k, m))
-        self.flops, self.params, self.stashed = [0.0], [0], [0]
+        self.flops, self.params, self.stashed = [0.0], [0.0], [0]
         for u in units:
             self.flops.append(self.flops[-1] + u.flops)
-            self.params.append(self.params[-1] + u.param_bytes)
+            self.params.append(self.params[-1] + param_factor * u.param_bytes)
             self.stashed.append(self.stashed[-1] + u.stash_bytes)
-        self.speed = [sum(cluster.device(d).flops for d in g) for g in self.groups]
+        self.inv_speed = [1.0 / (m * sum(cluster.device(d).flops for d in g)) for g in self.groups]
         self.memory = [sum(cluster.device(d).memory for d in g) for g in self.groups]
+        n = len(units)
+        out = [0] + [self.per_mb(u.out_bytes) for u in units]      # by boundary j (after j-1)
+        grad = [0] + [self.per_mb(u.grad_bytes) for u in units]
+        zero = [0.0] * (n + 1)
+        # send_next[s][j]: stage s ending before unit j sends its activations to s+1;
+        # send_prev[s][i]: stage s starting at unit i sends its gradients to s-1.
+        self.send_next = [zero if s + 1 == k else
+                          [cluster.transfer_seconds(g[0], self.groups[s + 1][0], b) for b in out]
+                          for s, g in enumerate(self.groups)]
+        self.send_prev = [zero if s == 0 else
+                          [cluster.transfer_seconds(g[0], self.groups[s - 1][0], b) for b in grad]
+                          for s, g in enumerate(self.groups)]
+        # queue slots a stage receives into: forward from s-1 before unit i, backward from s+1
+        self.recv_fwd = [[0] * (n + 1) if s == 0 else [fwd[s - 1] * b for b in out]
+                         for s in range(k)]
+        self.recv_bwd = [[0] * (n + 1) if s + 1 == k else [bwd[s] * b for b in grad]
+                         for s in range(k)]
 
     def per_mb(self, nbytes: int) -> int:
         return -(-nbytes // self.m)
 
+    def compute(self, s: int, i: int, j: int) -> float:
+        return (self.flops[j] - self.flops[i]) * self.inv_speed[s]
+
     def seconds(self, s: int, i: int, j: int) -> float:
-        t = (self.flops[j] - self.flops[i]) / self.m / self.speed[s]
-        if s + 1 < len(self.groups):
-            t += self.cluster.transfer_seconds(self.groups[s][0], self.groups[s + 1][0],
-                                               self.per_mb(self.units[j - 1].out_bytes))
-        if s > 0:
-            t += self.cluster.transfer_seconds(self.groups[s][0], self.groups[s - 1][0],
-                                               self.per_mb(self.units[i - 1].grad_bytes))
-        return t
+        return ((self.flops[j] - self.flops[i]) * self.inv_speed[s] + self.send_next[s][j]
+                + self.send_prev[s][i])
 
     def need(self, s: int, i: int, j: int) -> int:
-        n = int(self.param_factor * (self.params[j] - self.params[i]) + 0.5)
-        n += self.stash[s] * self.per_mb(self.stashed[j] - self.stashed[i])
-        if s > 0:
-            n += self.fwd[s - 1] * self.per_mb(self.units[i - 1].out_bytes)
-        if s + 1 < len(self.groups):
-            n += self.bwd[s] * self.per_mb(self.units[j - 1].grad_bytes)
-        return n
+        return (int(self.params[j] - self.params[i] + 0.5)
+                + self.stash[s] * -(-(self.stashed[j] - self.stashed[i]) // self.m)
+                + self.recv_fwd[s][i] + self.recv_bwd[s][j])
 
     def fits(self, s: int, i: int, j: int) -> bool:
         return self.need(s, i, j) <= self.memory[s]
@@ -146,9 +156,10 @@ def _plan_k(units: Sequence[Unit], cluster: Cluster, groups: list[tuple[str, ...
     fwd, bwd = _capacities(capacities, k, m)
     timeline = simulate(schedule, k, m, forward_capacity=fwd, backward_capacity=bwd)
     costs = _Costs(units, cluster, groups, k, m, schedule, fwd, bwd, param_factor)
-    split = balance(len(units), k, costs.seconds, fits=costs.fits, starts=starts)
+    split = balance(len(units), k, costs.seconds, fits=costs.fits, starts=starts,
+                    bound=costs.compute)
     if split is None:
-        fastest = balance(len(units), k, costs.seconds, starts=starts)
+        fastest = balance(len(units), k, costs.seconds, starts=starts, bound=costs.compute)
         raise _memory_error(costs, fastest or tuple(range(k)), schedule, k)
     bounds = list(split) + [len(units)]
     stages = []
@@ -158,7 +169,7 @@ def _plan_k(units: Sequence[Unit], cluster: Cluster, groups: list[tuple[str, ...
         stages.append(PipelineStage(
             index=s, devices=costs.groups[s], units=tuple(u.name for u in part),
             ops=tuple(op for u in part for op in u.ops), flops=costs.flops[j] - costs.flops[i],
-            param_bytes=costs.params[j] - costs.params[i], peak_bytes=costs.need(s, i, j),
+            param_bytes=sum(u.param_bytes for u in part), peak_bytes=costs.need(s, i, j),
             stash=costs.stash[s], seconds=costs.seconds(s, i, j)))
     queues = []
     for s in range(k - 1):

@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import pytest
 from test_plan import small_plan
 from test_pipeline_planner import cluster, dev, units
 
+from tfplace.errors import PlanError
 from tfplace.pipeline.planner import plan_pipeline
 from tfplace.pipeline.value import PipelinePlan
 from tfplace.plan import Plan
@@ -54,6 +56,12 @@ def test_queries() -> None:
     assert p.capacities("forward") == (2,) and p.capacities("backward") == (1,)
     assert p.orders()[0][:2] == (("F", 0), ("F", 1))
     assert p.timeline().stash_peak == (4, 4)
+    where = p.placement()
+    assert where["l3/MatMul"] == dev(0) and where["gradient_tape/l4/MatMul"] == dev(1)
+    wide = plan_pipeline(units([1, 1]), cluster(3), stages=2, micro_batches=1,
+                         devices=[dev(0), (dev(1), dev(2))])
+    with pytest.raises(PlanError, match=r"stages \(1\) span several devices"):
+        wide.placement()
 
 
 def test_summary_lines() -> None:

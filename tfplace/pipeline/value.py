@@ -55,6 +55,16 @@ class PipelinePlan:
                 return s.index
         raise KeyError(op)
 
+    def placement(self) -> dict[str, str]:
+        """Op name -> device, for stages of one device each (place multi-device stages with a
+        placer over their ops)."""
+        wide = [s.index for s in self.stages if len(s.devices) != 1]
+        if wide:
+            from tfplace.errors import PlanError
+            raise PlanError(f"stages ({', '.join(map(str, wide))}) span several devices; place "
+                            "their ops with a placer (tfplace.placers) instead of placement()")
+        return {op: s.devices[0] for s in self.stages for op in s.ops}
+
     def queue(self, src: int, dst: int) -> PipelineQueue:
         for q in self.queues:
             if (q.src, q.dst) == (src, dst):

@@ -53,7 +53,8 @@ def processes(replicas: int | str) -> int:
         raise BackendError(
             f"data_parallel={replicas} with sync_backend='horovod' runs one replica per process, "
             f"but Horovod has {size} process(es){hint}: launch `horovodrun --gloo -np {replicas} "
-            f"python SCRIPT.py`, or pass data_parallel='auto' (= {size}) or {size}")
+            f"python SCRIPT.py` (or `horovodrun --gloo -np {replicas} tfplace run ...`), or "
+            f"pass data_parallel='auto' (= {size}) or {size}")
     return size
 
 

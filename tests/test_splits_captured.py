@@ -88,6 +88,7 @@ def test_transformer_megatron_block_keeps_two_forward_all_reduces() -> None:
 def test_embedding_table_split_by_rows() -> None:
     captured, plan = _plan("embedding", "embedding:S(0)")
     assert plan.op("embedding_1/embedding_1/GatherV2").outputs == (P,)
+    assert plan.op("embedding_1/embedding_1/GatherV2").local == "masked_lookup"
     assert [(b.tensor, b.collective, b.bytes) for b in plan.boxing] == [
         ("embedding_1/global_average_pooling1d_1/Mean:0", "all_reduce", 512),
         ("adam/UnsortedSegmentSum:0", "slice", 0), ("adam/UnsortedSegmentSum_1:0", "slice", 0)]

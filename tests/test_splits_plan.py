@@ -13,6 +13,7 @@ PLAN = SplitPlan(
     ops=(SplitOp("mm", "MatMul", (B, S(1)), (S(1),)),
          SplitOp("mm2", "MatMul", (S(1), S(0)), (P,)),
          SplitOp("idn", "IdentityN", (S(1), P), (S(1), P)),
+         SplitOp("gather", "GatherV2", (S(0), B, B), (P,), "masked_lookup"),
          SplitOp("upd", "AssignSubVariableOp", (S(0), S(0)), ())),
     boxing=(BoxingStep("b:0", B, P, "zeros", 0, 64, ("ba",)),
             BoxingStep("ba:0", P, B, "all_reduce", 512, 512, ("relu", "")),),
@@ -49,7 +50,8 @@ def test_a_malformed_layout_in_a_proto_is_a_plan_error() -> None:
 def test_queries() -> None:
     assert PLAN.boxing_bytes == 512
     assert PLAN.collectives() == {"all_reduce": 1, "zeros": 1}
-    assert PLAN.tensor_layouts() == {"mm:0": S(1), "mm2:0": P, "idn:0": S(1), "idn:1": P}
+    assert PLAN.tensor_layouts() == {"mm:0": S(1), "mm2:0": P, "idn:0": S(1), "idn:1": P,
+                                     "gather:0": P}
     with pytest.raises(KeyError):
         PLAN.op("nope")
 
@@ -57,11 +59,12 @@ def test_queries() -> None:
 def test_summary_table() -> None:
     assert PLAN.summary() == "\n".join([
         "splits on 2 devices: /device:CPU:0, /device:CPU:1",
-        "split ops: 4",
-        "  mm   MatMul               (B, S(1)) -> (S(1))",
-        "  mm2  MatMul               (S(1), S(0)) -> (P)",
-        "  idn  IdentityN            (S(1), P) -> (S(1), P)",
-        "  upd  AssignSubVariableOp  (S(0), S(0)) -> ()",
+        "split ops: 5",
+        "  mm      MatMul               (B, S(1)) -> (S(1))",
+        "  mm2     MatMul               (S(1), S(0)) -> (P)",
+        "  idn     IdentityN            (S(1), P) -> (S(1), P)",
+        "  gather  GatherV2             (S(0), B, B) -> (P)  [masked_lookup]",
+        "  upd     AssignSubVariableOp  (S(0), S(0)) -> ()",
         "boxing: 2 steps, 512 bytes per device",
         "  b:0      B -> P     zeros                0 B  for ba",
         "  ba:0     P -> B     all_reduce         512 B  for relu, <output>",

@@ -87,12 +87,14 @@ def test_conv2d_splits_batch_or_output_channels() -> None:
         "Conv2D(S(0), B) -> S(0)", "Conv2D(B, S(3)) -> S(1)", "Conv2D(S(1), S(2)) -> P"]
     assert sigs("Conv2DBackpropInput", [(4,), (3, 3, 3, 16), (8, 10, 10, 16)],
                 [(8, 12, 12, 3)]) == [
-        "Conv2DBackpropInput(B, B, S(0)) -> S(0)", "Conv2DBackpropInput(B, S(2), B) -> S(3)",
+        "Conv2DBackpropInput(B, B, S(0)) -> S(0) [shard_shape_args]",
+        "Conv2DBackpropInput(B, S(2), B) -> S(3) [shard_shape_args]",
         "Conv2DBackpropInput(B, S(3), S(3)) -> P", "Conv2DBackpropInput(B, P, B) -> P",
         "Conv2DBackpropInput(B, B, P) -> P", "Conv2DBackpropInput(B, B, B) -> B"]
     assert sigs("Conv2DBackpropFilter", [(8, 12, 12, 3), (4,), (8, 10, 10, 16)],
                 [(3, 3, 3, 16)])[:3] == [
-        "Conv2DBackpropFilter(S(3), B, B) -> S(2)", "Conv2DBackpropFilter(B, B, S(3)) -> S(3)",
+        "Conv2DBackpropFilter(S(3), B, B) -> S(2) [shard_shape_args]",
+        "Conv2DBackpropFilter(B, B, S(3)) -> S(3) [shard_shape_args]",
         "Conv2DBackpropFilter(S(0), B, S(0)) -> P"]
 
 
@@ -131,7 +133,7 @@ def test_reductions() -> None:
         "Sum(B, B) -> B"]
     assert sigs("Mean", [(16, 6, 8), (1,)], [(16, 1, 8)], {"keep_dims": True},
                 consts=[None, (-2,)])[:3] == [
-        "Mean(S(0), B) -> S(0)", "Mean(S(1), B) -> P", "Mean(S(2), B) -> S(2)"]
+        "Mean(S(0), B) -> S(0)", "Mean(S(1), B) -> P [global_count]", "Mean(S(2), B) -> S(2)"]
     assert sigs("Max", [(16, 6), (1,)], [(16,)], consts=[None, (1,)]) == [
         "Max(S(0), B) -> S(0)", "Max(B, B) -> B"]
     # axes from BroadcastGradientArgs: unchanged shape reduces nothing, a suffix the leading axes
@@ -145,17 +147,17 @@ def test_reductions() -> None:
 
 def test_gather_and_its_segment_sum_gradient() -> None:
     assert sigs("GatherV2", [(50, 8), (16, 6), ()], [(16, 6, 8)], consts=[None, None, (0,)]) == [
-        "GatherV2(S(0), B, B) -> P", "GatherV2(S(1), B, B) -> S(2)",
+        "GatherV2(S(0), B, B) -> P [masked_lookup]", "GatherV2(S(1), B, B) -> S(2)",
         "GatherV2(B, S(0), B) -> S(0)", "GatherV2(B, S(1), B) -> S(1)",
         "GatherV2(P, B, B) -> P", "GatherV2(B, B, B) -> B"]
     assert sigs("GatherV2", [(50, 8), (16, 6), ()], [(16, 6, 8)], consts=[None, None, (1,)]) == [
         "GatherV2(B, B, B) -> B"]
     assert sigs("ResourceGather", [(), (16, 6)], [(16, 6, 8)], in_dtypes=(20, 3))[:2] == [
-        "ResourceGather(S(0), B) -> P", "ResourceGather(S(1), B) -> S(2)"]
+        "ResourceGather(S(0), B) -> P [masked_lookup]", "ResourceGather(S(1), B) -> S(2)"]
     assert sigs("UnsortedSegmentSum", [(96, 8), (96,), ()], [(50, 8)]) == [
         "UnsortedSegmentSum(S(1), B, B) -> S(1)", "UnsortedSegmentSum(S(0), S(0), B) -> P",
         "UnsortedSegmentSum(P, B, B) -> P", "UnsortedSegmentSum(B, B, B) -> B",
-        "UnsortedSegmentSum(B, B, B) -> S(0)"]
+        "UnsortedSegmentSum(B, B, B) -> S(0) [masked_segments]"]
 
 
 def test_variables_and_optimizer_updates() -> None:
@@ -179,7 +181,8 @@ def test_shape_ops() -> None:
     assert reshape_axis((16, 8), (16, 1, 8), 1) == 2
     assert reshape_axis((-1, 8), (-1, 2, 4), 0) == 0
     assert sigs("Reshape", [(16, 6, 8), (2,)], [(96, 8)]) == [
-        "Reshape(S(0), B) -> S(0)", "Reshape(S(2), B) -> S(1)", "Reshape(P, B) -> P",
+        "Reshape(S(0), B) -> S(0) [shard_shape_args]", "Reshape(S(2), B) -> S(1) [shard_shape_args]",
+        "Reshape(P, B) -> P",
         "Reshape(B, B) -> B"]
     assert sigs("Transpose", [(4, 8, 2), (3,)], [(2, 4, 8)], consts=[None, (2, 0, 1)])[:3] == [
         "Transpose(S(2), B) -> S(0)", "Transpose(S(0), B) -> S(1)", "Transpose(S(1), B) -> S(2)"]
@@ -188,7 +191,7 @@ def test_shape_ops() -> None:
     assert sigs("Tile", [(16, 1), (2,)], [(16, 4)]) == [
         "Tile(S(0), B) -> S(0)", "Tile(P, B) -> P", "Tile(B, B) -> B"]
     assert sigs("Shape", [(16, 8)], [(2,)], in_layouts=(S(1),)) == [
-        "Shape(S(1)) -> B", "Shape(B) -> B"]
+        "Shape(S(1)) -> B [full_shape]", "Shape(B) -> B"]
     assert sigs("IdentityN", [(4,), (4, 2)], [(4,), (4, 2)], in_layouts=(P, S(1))) == [
         "IdentityN(P, S(1)) -> (P, S(1))", "IdentityN(B, B) -> (B, B)"]
 

@@ -153,7 +153,7 @@ class _Propagation:
         for (name, k), (j, _), have, want in zip(refs, srcs, cur, sig.inputs):
             if have != want:
                 self._box(f"{name}:{k}", j, k, want, node.name)
-        self.ops.append(SplitOp(node.name, node.op, sig.inputs, sig.outputs))
+        self.ops.append(SplitOp(node.name, node.op, sig.inputs, sig.outputs, sig.local))
         self._set(i, sig.outputs)
         for k in self._shared_partials(i, sig):
             readers = tuple(self.dag.nodes[c].name for c in self.dag.tensor_consumers[i][k])

@@ -144,5 +144,7 @@ def _conv(ctx: OpContext) -> list[Signature]:
         ins = [B] * len(operands)
         for i, lay in zip(keep, s.inputs):
             ins[i] = lay
-        full.append(Signature(tuple(ins), s.outputs, s.divided))
+        sized = bool(shape_inputs) and any(lay.is_split for lay in s.outputs)
+        full.append(Signature(tuple(ins), s.outputs, s.divided,
+                              local="shard_shape_args" if sized else ""))
     return full

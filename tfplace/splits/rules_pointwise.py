@@ -107,7 +107,8 @@ def _reduction(ctx: OpContext) -> list[Signature]:
         for a in range(rank):
             if a in reduced:
                 if linear:
-                    sigs.append(Signature((S(a), B), (P,), divided=True))
+                    sigs.append(Signature((S(a), B), (P,), divided=True,
+                                          local="global_count" if ctx.op == "Mean" else ""))
             else:
                 shift = 0 if keep else sum(1 for r in reduced if r < a)
                 sigs.append(Signature((S(a), B), (S(a - shift),), divided=True))

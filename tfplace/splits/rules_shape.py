@@ -30,8 +30,9 @@ def _passthrough(ctx: OpContext) -> list[Signature]:
 @register(*sorted(METADATA))
 def _metadata(ctx: OpContext) -> list[Signature]:
     sigs = [Signature((B,) * ctx.n_in, (B,) * ctx.n_out)]
-    if ctx.in_layouts is not None and len(ctx.in_layouts) == ctx.n_in:
-        sigs.insert(0, Signature(ctx.in_layouts, (B,) * ctx.n_out))
+    if ctx.in_layouts is not None and len(ctx.in_layouts) == ctx.n_in \
+            and any(lay != B for lay in ctx.in_layouts):
+        sigs.insert(0, Signature(ctx.in_layouts, (B,) * ctx.n_out, local="full_shape"))
     return sigs
 
 
@@ -68,7 +69,8 @@ def _reshape(ctx: OpContext) -> list[Signature]:
                 continue
             b = reshape_axis(src, dst, a)
             if b is not None:
-                sigs.append(Signature((S(a),) + rest, (S(b),), divided=True))
+                sigs.append(Signature((S(a),) + rest, (S(b),), divided=True,
+                                      local="shard_shape_args" if ctx.op == "Reshape" else ""))
     return sigs + [Signature((P,) + rest, (P,)), Signature((B,) + rest, (B,))]
 
 
@@ -82,7 +84,9 @@ def _tile(ctx: OpContext) -> list[Signature]:
         off = len(dst) - len(src)
         for a, d in enumerate(src):
             if d > 1 and off >= 0 and dst[a + off] == d:
-                sigs.append(Signature((S(a),) + rest, (S(a + off),), divided=True))
+                sigs.append(Signature((S(a),) + rest, (S(a + off),), divided=True,
+                                      local="shard_shape_args" if ctx.op == "BroadcastTo"
+                                      else ""))
     return sigs + [Signature((P,) + rest, (P,)), Signature((B,) + rest, (B,))]
 
 

@@ -50,7 +50,7 @@ def _gather(ctx: OpContext, extra: tuple[Layout, ...], resource: bool) -> list[S
     range and zero-fills the rest), a column split stays split, split ids split the result."""
     r_params = ctx.out_rank()
     r_idx = ctx.rank(1)
-    sigs = [Signature((S(0), B) + extra, (P,), divided=True)]
+    sigs = [Signature((S(0), B) + extra, (P,), divided=True, local="masked_lookup")]
     if r_params is not None and r_idx is not None:
         for a in range(1, r_params - r_idx + 1):
             sigs.append(Signature((S(a), B) + extra, (S(a - 1 + r_idx),), divided=True))
@@ -88,4 +88,4 @@ def _segment_sum(ctx: OpContext) -> list[Signature]:
         for a in range(ri):
             sigs.append(Signature((S(a), S(a), B), (P,), divided=True))
     return sigs + [Signature((P, B, B), (P,)), Signature((B, B, B), (B,)),
-                   Signature((B, B, B), (S(0),), divided=True)]
+                   Signature((B, B, B), (S(0),), divided=True, local="masked_segments")]

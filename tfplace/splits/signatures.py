@@ -12,11 +12,21 @@ from typing import Any, Callable, Mapping, Sequence
 from tfplace.errors import PlanError
 from tfplace.splits.layout import B, Layout
 
-__all__ = ["Shape", "OpContext", "Signature", "Rule", "RULES", "register", "signatures",
+__all__ = ["Shape", "LOCAL_KINDS", "OpContext", "Signature", "Rule", "RULES", "register", "signatures",
            "find_signature", "fits", "format_signature"]
 
 Shape = tuple[int, ...]
 DT_RESOURCE = 20
+
+# What a signature asks of the rewrite beyond running the same op on the local shards.
+LOCAL_KINDS: dict[str, str] = {
+    "masked_lookup": "ids minus the shard's first row; ids outside the shard give zero rows",
+    "masked_segments": "segment ids minus the shard's first row; ids outside it are dropped",
+    "global_count": "a Mean over a split axis divides the local sum by the full count",
+    "full_shape": "the output describes the logical tensor: emit its full static shape",
+    "shard_shape_args": "shape-valued inputs (Reshape shape, BroadcastTo shape, input_sizes, "
+                        "filter_sizes) give the local shard's shape",
+}
 
 
 @dataclass(frozen=True)
@@ -62,12 +72,17 @@ class OpContext:
 
 @dataclass(frozen=True)
 class Signature:
-    """inputs -> outputs; divided: each device runs 1/n of the op's FLOPs (else all of them)."""
+    """inputs -> outputs; divided: each device runs 1/n of the op's FLOPs (else all of them).
+
+    local names what the rewrite must do beyond running the op on its shards (LOCAL_KINDS);
+    "" means the unchanged op on the local tensors.
+    """
 
     inputs: tuple[Layout, ...]
     outputs: tuple[Layout, ...]
     divided: bool = False
     comm_bytes: int = 0
+    local: str = ""
 
     def compute_share(self, n: int) -> float:
         return 1.0 / n if self.divided else 1.0
@@ -114,8 +129,11 @@ def fits(sig: Signature, ctx: OpContext, n: int) -> bool:
 
 
 def format_signature(op: str, sig: Signature) -> str:
+    """'MatMul(B, S(1)) -> S(1)'; several outputs in parentheses; a local kind in brackets."""
     outs = ", ".join(map(str, sig.outputs))
-    return f"{op}({', '.join(map(str, sig.inputs))}) -> {outs if len(sig.outputs) == 1 else '(' + outs + ')'}"
+    text = f"{op}({', '.join(map(str, sig.inputs))}) -> "
+    text += outs if len(sig.outputs) == 1 else f"({outs})"
+    return text + (f" [{sig.local}]" if sig.local else "")
 
 
 def find_signature(ctx: OpContext, inputs: Sequence[Layout | str], n: int | None = None) -> Signature:

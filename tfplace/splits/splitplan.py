@@ -22,6 +22,7 @@ class SplitOp:
     op: str
     inputs: tuple[Layout, ...]    # one per data input, in NodeDef order
     outputs: tuple[Layout, ...]   # one per output
+    local: str = ""               # a key of signatures.LOCAL_KINDS, "" for the op unchanged
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ class SplitPlan:
         pb = _pb()
         p = pb.SplitPlan(devices=list(self.devices))
         p.ops.extend(pb.SplitOp(name=o.name, op=o.op, inputs=[str(x) for x in o.inputs],
-                                outputs=[str(x) for x in o.outputs]) for o in self.ops)
+                                outputs=[str(x) for x in o.outputs], local=o.local)
+                     for o in self.ops)
         p.boxing.extend(pb.BoxingStep(tensor=b.tensor, src=str(b.src), dst=str(b.dst),
                                       collective=b.collective, bytes=b.bytes,
                                       tensor_bytes=b.tensor_bytes, consumers=list(b.consumers))
@@ -99,7 +101,7 @@ class SplitPlan:
         lay = parse_layout
         return cls(devices=tuple(p.devices),
                    ops=tuple(SplitOp(o.name, o.op, tuple(lay(x) for x in o.inputs),
-                                     tuple(lay(x) for x in o.outputs)) for o in p.ops),
+                                     tuple(lay(x) for x in o.outputs), o.local) for o in p.ops),
                    boxing=tuple(BoxingStep(b.tensor, lay(b.src), lay(b.dst), b.collective,
                                            int(b.bytes), int(b.tensor_bytes), tuple(b.consumers))
                                 for b in p.boxing),

@@ -18,7 +18,9 @@ def summary_table(plan: SplitPlan) -> str:
         nw = max(len(o.name) for o in plan.ops)
         tw = max(len(o.op) for o in plan.ops)
         for o in plan.ops:
-            lines.append(f"  {o.name:<{nw}}  {o.op:<{tw}}  {_fmt(o.inputs)} -> {_fmt(o.outputs)}")
+            local = f"  [{o.local}]" if o.local else ""
+            lines.append(f"  {o.name:<{nw}}  {o.op:<{tw}}  {_fmt(o.inputs)} -> {_fmt(o.outputs)}"
+                         + local)
     lines.append(f"boxing: {len(plan.boxing)} steps, {plan.boxing_bytes} bytes per device")
     if plan.boxing:
         nw = max(len(b.tensor) for b in plan.boxing)

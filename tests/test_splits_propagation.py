@@ -197,14 +197,14 @@ def test_bad_requests_are_reported_together() -> None:
 
 def test_an_op_that_cannot_take_a_split_variable_is_named() -> None:
     recs = mlp_block() + [_t("idx", "Placeholder", [], (4,)),
-                          {"name": "scatter", "op": "ResourceScatterAdd",
+                          {"name": "scatter", "op": "ResourceScatterNdUpdate",
                            "inputs": ["w1", "idx", "x"], "out_bytes": ()}]
     with pytest.raises(PlanError) as e:
         propagate(OpDag.from_records(recs), SPLITS, devices=DEVICES, variables=VARS)
     assert str(e.value) == (
-        "op 'scatter' (ResourceScatterAdd) has no signature for inputs (S(1), B, B) on 2 "
-        "devices; it supports: ResourceScatterAdd(B, B, B) -> (). Split the variables it reads "
-        "another way, or leave them unsplit")
+        "op 'scatter' (ResourceScatterNdUpdate) has no signature for inputs (S(1), B, B) on 2 "
+        "devices; it supports: ResourceScatterNdUpdate(B, B, B) -> (). Split the variables it "
+        "reads another way, or leave them unsplit")
 
 
 def test_ops_with_whole_inputs_stay_whole() -> None:

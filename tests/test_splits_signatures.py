@@ -154,6 +154,9 @@ def test_gather_and_its_segment_sum_gradient() -> None:
         "GatherV2(B, B, B) -> B"]
     assert sigs("ResourceGather", [(), (16, 6)], [(16, 6, 8)], in_dtypes=(20, 3))[:2] == [
         "ResourceGather(S(0), B) -> P [masked_lookup]", "ResourceGather(S(1), B) -> S(2)"]
+    assert sigs("ResourceScatterAdd", [(), (12,), (12, 8)], [], in_dtypes=(20, 3, 1)) == [
+        "ResourceScatterAdd(S(0), B, B) -> () [masked_segments]",
+        "ResourceScatterAdd(S(1), B, S(1)) -> ()", "ResourceScatterAdd(B, B, B) -> ()"]
     assert sigs("UnsortedSegmentSum", [(96, 8), (96,), ()], [(50, 8)]) == [
         "UnsortedSegmentSum(S(1), B, B) -> S(1)", "UnsortedSegmentSum(S(0), S(0), B) -> P",
         "UnsortedSegmentSum(P, B, B) -> P", "UnsortedSegmentSum(B, B, B) -> B",

@@ -10,10 +10,13 @@ from tfplace.costs import OPTIMIZER_UPDATES
 from tfplace.splits.layout import B, P, Layout, S
 from tfplace.splits.signatures import OpContext, Signature, register
 
-__all__ = ["variable_layouts", "APPLY_OPS", "ASSIGN_OPS"]
+__all__ = ["variable_layouts", "APPLY_OPS", "ASSIGN_OPS", "SCATTER_OPS"]
 
 ASSIGN_OPS = ("AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp")
 APPLY_OPS = tuple(sorted(op for op in OPTIMIZER_UPDATES if op.startswith("ResourceApply")))
+SCATTER_OPS = ("ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate",
+               "ResourceScatterMul", "ResourceScatterDiv", "ResourceScatterMin",
+               "ResourceScatterMax")
 
 
 def variable_layouts(rank: int | None) -> list[Layout]:
@@ -89,3 +92,15 @@ def _segment_sum(ctx: OpContext) -> list[Signature]:
             sigs.append(Signature((S(a), S(a), B), (P,), divided=True))
     return sigs + [Signature((P, B, B), (P,)), Signature((B, B, B), (B,)),
                    Signature((B, B, B), (S(0),), divided=True, local="masked_segments")]
+
+
+@register(*SCATTER_OPS)
+def _scatter(ctx: OpContext) -> list[Signature]:
+    """(var, indices, updates): sparse (IndexedSlices) updates of a table. Row-split, each device
+    applies the rows in its range; a split of the row's other axes splits the updates alike."""
+    r_idx, r_upd = ctx.rank(1), ctx.rank(2)
+    sigs = [Signature((S(0), B, B), (), divided=True, local="masked_segments")]
+    if r_idx is not None and r_upd is not None:
+        for a in range(1, r_upd - r_idx + 1):
+            sigs.append(Signature((S(a), B, S(r_idx + a - 1)), (), divided=True))
+    return sigs + [Signature((B, B, B), ())]

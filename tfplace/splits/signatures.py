@@ -21,7 +21,8 @@ DT_RESOURCE = 20
 # What a signature asks of the rewrite beyond running the same op on the local shards.
 LOCAL_KINDS: dict[str, str] = {
     "masked_lookup": "ids minus the shard's first row; ids outside the shard give zero rows",
-    "masked_segments": "segment ids minus the shard's first row; ids outside it are dropped",
+    "masked_segments": "segment (or scatter) ids minus the shard's first row; ids outside it "
+                       "are dropped",
     "global_count": "a Mean over a split axis divides the local sum by the full count",
     "full_shape": "the output describes the logical tensor: emit its full static shape",
     "shard_shape_args": "shape-valued inputs (Reshape shape, BroadcastTo shape, input_sizes, "

@@ -117,6 +117,15 @@ def _shape_str(shape: Any) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
 
 
+def _current_device() -> str:
+    """The device an op made here would ask for (the innermost ``tf.device`` scope), or ""."""
+    import tensorflow as tf
+    if tf.executing_eagerly():
+        from tensorflow.python.eager import context
+        return context.context().device_name or ""
+    return tf.no_op().device    # graph code: the device functions decide; the no-op is pruned
+
+
 class Channel:
     """A bounded FIFO of tensor tuples on one device; usable eagerly, from threads and inside
     ``tf.function`` (created once, eagerly, wherever it is constructed)."""
@@ -141,6 +150,8 @@ class Channel:
         self.name = name or f"tfplace_channel_{uuid.uuid4().hex[:12]}"
         self.backend = resolve_backend(backend)
         self._error: str | None = None     # fifo: close(error)'s message, restored in eager code
+        if device is None:                 # init_scope drops the caller's tf.device scope
+            device = _current_device() or None
         with tf.init_scope(), tf.device(device):
             if self.backend == "op":
                 self._handle = load_ops().tfplace_channel(
@@ -158,14 +169,15 @@ class Channel:
         return (f"Channel({self.name!r}, capacity={self.capacity}, backend={self.backend!r}, "
                 f"device={self.device!r})")
 
-    def enqueue(self, components: Any) -> Any:
+    def enqueue(self, components: Any) -> None:
         """Append one tuple (a sequence, or one tensor for a one-component channel); waits while
-        the channel is full. Returns the op in graph code, None eagerly."""
+        the channel is full. (In a tf.function, automatic control dependencies order it.)"""
         values = self._check(components)
         with self._restore_error():
             if self.backend == "op":
-                return load_ops().tfplace_channel_enqueue(self._handle, values)
-            return self._queue.enqueue(values)
+                load_ops().tfplace_channel_enqueue(self._handle, values)
+            else:
+                self._queue.enqueue(values)
 
     def dequeue(self) -> list[Any]:
         """Remove and return the oldest tuple, as a list of tensors; waits while it is empty."""
@@ -176,18 +188,18 @@ class Channel:
             out = self._queue.dequeue()
             return list(out) if isinstance(out, (list, tuple)) else [out]
 
-    def close(self, error: str | None = None) -> Any:
+    def close(self, error: str | None = None) -> None:
         """Close: graceful when ``error`` is None or empty, else fail every waiter and later call
         with ``AbortedError`` carrying ``error``. Only the first close counts."""
         import tensorflow as tf
         if self.backend == "op":
-            return load_ops().tfplace_channel_close(self._handle, error or "")
+            load_ops().tfplace_channel_close(self._handle, error or "")
+            return
         if error and self._error is None:
             self._error = error
-        op = self._queue.close(cancel_pending_enqueues=True)
+        self._queue.close(cancel_pending_enqueues=True)
         if error and tf.executing_eagerly():
             self._drain()
-        return op
 
     def size(self) -> Any:
         """Items queued now (an int32 scalar tensor); waiting enqueues are not counted."""

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import tfplace  # noqa: E402
 import models  # noqa: E402
 
-cluster = tfplace.Cluster.local(1)
+cluster = tfplace.Cluster.local(2)       # each process's own devices
 RTOL = 1e-5
 
 
@@ -54,9 +54,10 @@ def report(check, **fields):
           flush=True)
 
 
-def step_check(kind):
+def step_check(kind, placer="single"):
+    """``placer="round_robin"``: each process's replica spans its 2 devices."""
     ref, (model, step) = models.twin(kind)
-    pstep = tfplace.parallelize(step, cluster=cluster, placer="single", data_parallel="auto",
+    pstep = tfplace.parallelize(step, cluster=cluster, placer=placer, data_parallel="auto",
                                 sync_backend="horovod")
     models.assert_same_training(ref, (model, pstep), kind=kind, rtol=RTOL)
     ops = sorted({n.op for n in pstep.executor.graph_def.node if n.op.startswith("Horovod")})
@@ -64,7 +65,9 @@ def step_check(kind):
     assert plan.sync.backend == "horovod" and "backend horovod" in plan.summary(), plan.summary()
     ref_w, got_w = all_weights(ref[0]), all_weights(model)
     same(ref_w, got_w)
-    report(kind, ops=ops, replicas=plan.num_replicas, weights=len(ref_w),
+    devices = {n.device for n in pstep.executor.graph_def.node if n.device}
+    report(kind if placer == "single" else f"{kind}@{placer}", ops=ops,
+           replicas=plan.num_replicas, weights=len(ref_w), devices=len(devices),
            max_abs=diffs(ref_w, got_w)[0], max_rel=diffs(ref_w, got_w)[1])
 
 
@@ -117,4 +120,4 @@ if __name__ == "__main__":
         elif check.startswith("cli-run="):
             cli_check(check[8:])
         else:
-            step_check(check)
+            step_check(*check.split("@"))

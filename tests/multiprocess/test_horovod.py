@@ -72,14 +72,17 @@ def cli_script(tmp_path_factory) -> str:
 
 
 def test_two_processes_match_single_device(cli_script) -> None:
-    """Steps (MLP, CNN, Embedding), Keras fit and `tfplace run`, each rank vs one device."""
-    results = _launch(2, "mlp", "cnn", "embedding", "keras-mlp", f"cli-run={cli_script}")
+    """Steps (MLP placed over each process's 2 devices, CNN, Embedding), Keras fit and
+    `tfplace run`, each rank vs one device."""
+    results = _launch(2, "mlp@round_robin", "cnn", "embedding", "keras-mlp",
+                      f"cli-run={cli_script}")
     for x in results:
         assert x["size"] == 2
         if x["check"] != "cli-run":
             assert x["replicas"] == 2 and "HorovodAllreduce" in x["ops"], x
             assert ("HorovodAllgather" in x["ops"]) == x["check"].endswith("embedding"), x
             assert x["max_abs"] < 1e-5, x
+    assert all(x["devices"] == 2 for x in results if x["check"] == "mlp@round_robin")
     losses = {x["rank"]: x["losses"] for x in results if x["check"] == "cli-run"}
     assert losses[0] == losses[1]
 

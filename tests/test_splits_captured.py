@@ -79,8 +79,12 @@ def test_transformer_megatron_block_keeps_two_forward_all_reduces() -> None:
         "multi_head_attention/value:S(1);multi_head_attention/attention_output:S(0);"
         "dense:S(1);dense_1:S(0)")
     reduces = [b.tensor for b in plan.boxing if b.collective == "all_reduce"]
-    assert reduces == ["transformer_1/Add:0", "transformer_1/Add_1:0", "AddN_2:0"]
-    assert plan.collectives() == {"all_reduce": 3, "zeros": 5}
+    # Megatron's g: after the attention output projection and the MLP, before each residual
+    # add; and its f in backward, where the MLP's input gradient joins the residual stream
+    assert reduces == ["transformer_1/multi_head_attention_1/attention_output_1/BiasAdd:0",
+                       "transformer_1/dense_1_2/BiasAdd:0",
+                       "gradient_tape/transformer_1/dense_1/Tensordot/Reshape_1:0"]
+    assert plan.collectives() == {"all_reduce": 3, "zeros": 2}
     assert plan.op("transformer_1/multi_head_attention_1/Softmax").inputs == (S(1),)
     _updates_are_local(captured, plan)
 

@@ -136,14 +136,21 @@ def test_resharding_is_weighed_only_when_asked() -> None:
 
 
 def test_a_partial_read_twice_is_all_reduced_once() -> None:
-    recs = mlp_block() + [_t("t1", "Tanh", ["ba2"], (8, 16)), _t("t2", "Relu", ["ba2"], (8, 16)),
-                          _t("m", "Mul", ["mm2", "x"], (8, 16))]
-    recs[-1]["inputs"] = ["t1", "t2"]
+    recs = mlp_block() + [_t("t1", "Tanh", ["mm2"], (8, 16))]
     plan = propagate(OpDag.from_records(recs), SPLITS, devices=DEVICES, variables=VARS)
     assert [(b.tensor, b.collective, b.consumers) for b in plan.boxing] == [
-        ("rb2:0", "zeros", ("ba2",)), ("ba2:0", "all_reduce", ("t1", "t2"))]
-    assert plan.op("ba2").outputs == (P,)
-    assert "t1" not in {o.name for o in plan.ops}
+        ("mm2:0", "all_reduce", ("ba2", "t1"))]
+    assert plan.op("mm2").outputs == (P,)
+    assert "ba2" not in {o.name for o in plan.ops} and "t1" not in {o.name for o in plan.ops}
+
+
+def test_on_a_tie_the_whole_output_wins() -> None:
+    # BiasAdd(P, zeros) -> P then an all-reduce for two readers costs what all-reducing its
+    # input costs; the whole (B) output is preferred
+    recs = mlp_block() + [_t("t1", "Tanh", ["ba2"], (8, 16)), _t("t2", "Relu", ["ba2"], (8, 16))]
+    plan = propagate(OpDag.from_records(recs), SPLITS, devices=DEVICES, variables=VARS)
+    assert [(b.tensor, b.collective, b.consumers) for b in plan.boxing] == [
+        ("mm2:0", "all_reduce", ("ba2",))]
 
 
 def test_slots_updated_with_a_variable_share_its_layout() -> None:
@@ -211,3 +218,11 @@ def test_ops_with_whole_inputs_stay_whole() -> None:
     plan = propagate(OpDag.from_records(mlp_block()), {}, devices=DEVICES, variables=VARS,
                      outputs=["ba2"])
     assert plan.ops == () and plan.boxing == () and plan.variables == ()
+
+
+def test_an_op_reading_a_tensor_twice_boxes_it_once() -> None:
+    recs = mlp_block() + [_t("sq", "Mul", ["ba2", "ba2"], (8, 16))]
+    plan = propagate(OpDag.from_records(recs), SPLITS, devices=DEVICES, variables=VARS)
+    assert [(b.tensor, b.collective, b.consumers) for b in plan.boxing] == [
+        ("rb2:0", "zeros", ("ba2",)), ("ba2:0", "all_reduce", ("sq",))]
+    assert plan.op("sq") == SplitOp("sq", "Mul", (B, B), (B,))

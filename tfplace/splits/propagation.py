@@ -95,16 +95,17 @@ def _variable_layouts(dag: OpDag, splits: Mapping[str, Layout | str],
     shapes = {v.node: tuple(v.shape) for v in variables}
     names = {v.node: v.name for v in variables}
     for group in tied_variables(dag, [v.node for v in variables if v.node in dag.index]):
-        asked = {chosen[v] for v in group if v in chosen}
+        requested = [v for v in group if v in chosen]
+        asked = {chosen[v] for v in requested}
         if len(asked) > 1:
             problems.append(f"variables {', '.join(repr(names[v]) for v in group)} are updated "
                             f"together but asked for different layouts "
                             f"({', '.join(sorted(map(str, asked)))}); give them one layout")
         elif asked:
             lay = asked.pop()
-            for v in group:
-                if shapes[v] == shapes[group[0]] or v in chosen:
-                    chosen.setdefault(v, lay)
+            for v in group:                 # slots of the requested variable's shape follow it
+                if v not in chosen and shapes[v] == shapes[requested[0]]:
+                    chosen[v] = lay
     if problems:
         raise PlanError(bullets("cannot split these variables:", problems))
     return chosen
@@ -204,17 +205,22 @@ class _Propagation:
                             f"({', '.join(map(str, cur))}) on {self.n} devices; it supports: "
                             f"{supported}. Split the variables it reads another way, or leave "
                             "them unsplit")
-        best, best_cost = legal[0], float("inf")
+        best, best_key = legal[0], (float("inf"), 0)
+        i = self.dag.index[node.name]
         for s in legal:
             cost = s.compute_share(self.n) * node.flops / self.fps
+            made: set[tuple[str, Layout]] = set()
             for (j, k), have, want in zip(srcs, cur, s.inputs):
-                if have != want and (f"{self.dag.nodes[j].name}:{k}", want) not in self.boxing:
+                key = (f"{self.dag.nodes[j].name}:{k}", want)
+                if have != want and key not in self.boxing and key not in made:
+                    made.add(key)
                     cost += choose_boxing(have, want, self.n, self._bytes(j, k)).bytes / self.bps
-            i = self.dag.index[node.name]
             for k in self._shared_partials(i, s):
                 cost += choose_boxing(s.outputs[k], B, self.n, self._bytes(i, k)).bytes / self.bps
-            if cost < best_cost:
-                best, best_cost = s, cost
+            # on a tie, fewer partial outputs: they only defer a reduction
+            rank = (cost, sum(lay.is_partial for lay in s.outputs))
+            if rank < best_key:
+                best, best_key = s, rank
         return best
 
     def _bytes(self, j: int, k: int) -> int:
@@ -230,6 +236,7 @@ class _Propagation:
             box = choose_boxing(have, want, self.n, self._bytes(j, k))
             step = BoxingStep(tensor, have, want, box.collective, box.bytes, self._bytes(j, k),
                               ())
-        self.boxing[(tensor, want)] = BoxingStep(step.tensor, step.src, step.dst,
-                                                 step.collective, step.bytes, step.tensor_bytes,
-                                                 step.consumers + (consumer,))
+        if consumer not in step.consumers:
+            self.boxing[(tensor, want)] = BoxingStep(
+                step.tensor, step.src, step.dst, step.collective, step.bytes, step.tensor_bytes,
+                step.consumers + (consumer,))

@@ -27,7 +27,11 @@ class SplitOp:
 
 @dataclass(frozen=True)
 class BoxingStep:
-    """A conversion inserted once for a tensor and shared by every consumer that needs it."""
+    """A conversion inserted once for a tensor and shared by every consumer that needs it.
+
+    src is the layout the tensor has for these consumers before the step: a partial sum read by
+    several ops is all-reduced once (P -> B), and a later step of the same tensor starts from B.
+    """
 
     tensor: str                   # "node:index"
     src: Layout

@@ -2,7 +2,7 @@
 vs tf.distribute.MultiWorkerMirroredStrategy on the same 2 core-pinned workers.
 
     python benchmarks/data_parallel.py [--rounds 2] [--steps 40] [--warmup 10] [--batch 64]
-                                       [--syncs ring,auto,ps] [--no-diagnostics]
+                                       [--syncs ring,auto,ps] [--no-diagnostics] [--no-horovod]
 
 Every configuration runs in its own subprocess (a process can connect to only one gRPC cluster),
 one after another; the whole set is repeated ``--rounds`` times in alternating order, and the
@@ -14,6 +14,10 @@ each worker gets ``--batch`` examples, so the global batch is workers x batch.
   MWMS 2w         2 processes, each pinned to its own core (intra-op threads 1), TF_CONFIG on
                   127.0.0.1, MultiWorkerMirroredStrategy with RING collectives; each reports its
                   median step time and the parent computes examples/s from the slower one
+  tfplace horovod ``horovodrun --gloo -np 2``, each rank pinned and threaded like an MWMS worker,
+                  the same step through tfplace.parallelize(sync_backend="horovod",
+                  cluster=Cluster.local(1)); every rank is given the global batch and trains
+                  its half (only when Horovod is built: `make horovod`); timed like MWMS
   plain 1 core    (diagnostic) the same step as a plain tf.function in one process pinned to one
                   core: the compute floor a worker can reach
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import os
 import signal
@@ -211,8 +216,50 @@ def child_mwms(a: argparse.Namespace) -> None:
           "cpu_ms": cpu[0]})
 
 
+def child_horovod(a: argparse.Namespace) -> None:
+    """One Horovod rank: pinned to core ``rank``, one intra-op thread (like an MWMS worker)."""
+    rank = int(os.environ.get("HOROVOD_RANK", "0"))
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[rank % len(cpus)]})
+    import keras
+    import tensorflow as tf
+    import tfplace
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    cluster = tfplace.Cluster.local(1)
+    model = build_model(keras)
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
+                               data_parallel="auto", sync_backend="horovod")
+    n = step.data_parallel
+    x, y = make_data(tf, a.batch * n)                     # the global batch, on every rank
+    times, losses, cpu = timed(lambda: step(x, y).numpy(), a.steps, a.warmup)
+    checksum = float(sum(tf.reduce_sum(tf.cast(v, tf.float64)).numpy()
+                         for v in model.trainable_variables))
+    emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
+          "global_batch": a.batch * n, "checksum": checksum, "index": rank, "cpu_ms": cpu[0]})
+
+
 # ---------------------------------------------------------------------------------------------
 # the parent
+
+@functools.lru_cache(maxsize=None)
+def horovodrun() -> str | None:
+    """horovodrun beside this interpreter, when ``import horovod.tensorflow`` works here."""
+    path = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    ok = subprocess.run([sys.executable, "-c", "import horovod.tensorflow"],
+                        capture_output=True).returncode == 0
+    return path if ok and os.path.exists(path) else None
 
 
 
@@ -242,6 +289,24 @@ def _collect(procs: list[subprocess.Popen], timeout: float) -> list[dict]:
 
 
 
+def _collect_horovod(common: list[str], timeout: float) -> list[dict]:
+    """Both ranks' results from one ``horovodrun --gloo -np 2`` of the horovod child."""
+    p = subprocess.Popen([horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2",
+                          sys.executable, HERE, "--child", "horovod", *common],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    _children.append(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        _kill_children()
+    rs = [json.loads(ln.split(RESULT, 1)[1]) for ln in out.splitlines() if RESULT in ln]
+    if p.returncode != 0 or len(rs) != 2:
+        tail = "\n".join((out + err).strip().splitlines()[-15:])
+        raise RuntimeError(f"horovodrun failed (exit {p.returncode}):\n{tail}")
+    return sorted(rs, key=lambda r: r["index"])
+
+
 def run_config(cfg: dict, a: argparse.Namespace) -> dict:
     common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch)]
     if cfg["kind"] == "tfplace":
@@ -252,14 +317,17 @@ def run_config(cfg: dict, a: argparse.Namespace) -> dict:
     if cfg["kind"] == "plain":
         r = _collect([_spawn(["--child", "plain", *common])], a.timeout)[0]
         return {**r, "step_s": r["times"]}
-    ports = [_free_port() for _ in range(2)]
-    procs = []
-    for i in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": i}}))
-        procs.append(_spawn(["--child", "mwms", "--index", str(i), *common], env=env))
-    rs = _collect(procs, a.timeout)
+    if cfg["kind"] == "horovod":
+        rs = _collect_horovod(common, a.timeout)
+    else:
+        ports = [_free_port() for _ in range(2)]
+        procs = []
+        for i in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": i}}))
+            procs.append(_spawn(["--child", "mwms", "--index", str(i), *common], env=env))
+        rs = _collect(procs, a.timeout)
     # synchronous steps: the throughput is set by the slower worker's step, per step
     step_s = [max(ts) for ts in zip(*(r["times"] for r in rs))]
     c0, c1 = rs[0]["checksum"], rs[1]["checksum"]
@@ -270,7 +338,7 @@ def run_config(cfg: dict, a: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--child", choices=["tfplace", "mwms", "plain"])
+    ap.add_argument("--child", choices=["tfplace", "mwms", "plain", "horovod"])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--sync", default="ring")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
@@ -282,6 +350,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="per-worker batch")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--syncs", default="ring,auto,ps", help="tfplace 2-worker sync methods")
+    ap.add_argument("--no-horovod", action="store_true",
+                    help="skip the tfplace sync_backend='horovod' row (run when Horovod is built)")
     ap.add_argument("--no-diagnostics", action="store_true",
                     help="skip the plain 1-core and writeback='manual' rows")
     ap.add_argument("--timeout", type=float, default=150.0, help="per configuration, seconds")
@@ -289,7 +359,8 @@ def main() -> None:
                     help="start another round only if it should end within this many seconds")
     a = ap.parse_args()
     if a.child:
-        {"tfplace": child_tfplace, "mwms": child_mwms, "plain": child_plain}[a.child](a)
+        {"tfplace": child_tfplace, "mwms": child_mwms, "plain": child_plain,
+         "horovod": child_horovod}[a.child](a)
         return
 
     atexit.register(_kill_children)
@@ -301,6 +372,8 @@ def main() -> None:
     configs += [{"name": f"tfplace 2w {s}", "kind": "tfplace", "workers": 2, "sync": s}
                 for s in syncs]
     configs += [{"name": "MWMS 2w ring", "kind": "mwms"}]
+    if not a.no_horovod and horovodrun():
+        configs += [{"name": "tfplace horovod 2 ranks", "kind": "horovod"}]
     if not a.no_diagnostics:
         configs += [{"name": "tfplace 1w manual-wb", "kind": "tfplace", "workers": 1,
                      "writeback": "manual"},
@@ -354,9 +427,11 @@ def main() -> None:
     for s in syncs:
         r = extra[f"tfplace 2w {s}"]
         print(f"tfplace 2w sync={s!r}: plan chose {r['sync_method']}; reason: {r['reason']}")
-    m = extra["MWMS 2w ring"]
-    print(f"MWMS workers' weights agree after training: {m['workers_agree']} "
-          f"(checksums {m['checksums'][0]:.6f}, {m['checksums'][1]:.6f})")
+    for name in ("MWMS 2w ring", "tfplace horovod 2 ranks"):
+        if name in extra:
+            m = extra[name]
+            print(f"{name}: ranks' weights agree after training: {m['workers_agree']} "
+                  f"(checksums {m['checksums'][0]:.6f}, {m['checksums'][1]:.6f})")
     ring = eps("tfplace 2w ring") if "ring" in syncs else eps(f"tfplace 2w {syncs[0]}")
     checks = [(ring / base >= 1.7, f"tfplace 2w ring >= 1.7x tfplace 1w ({ring / base:.2f}x)"),
               (ring / mwms >= 1.0, f"tfplace 2w ring >= 1.0x MWMS 2w ({ring / mwms:.2f}x)")]

@@ -22,12 +22,51 @@ def test_replicas_match_single_device(kind, replicas, sync, local4):
     assert plan.num_replicas == replicas and plan.sync.method == sync
     assert sync in plan.summary() and "why:" in plan.summary()
     ex = pstep.executor
-    # every replica holds its own copy of every variable, on its own devices
     per_replica = len(ex.plan.variables)
-    assert len(ex.pairs) == replicas * per_replica
-    assert len({placed.device for _n, _o, placed in ex.pairs}) == replicas
+    copies = {}
+    for _n, orig, _p in ex.pairs:
+        copies[orig.name] = copies.get(orig.name, 0) + 1
+    if sync == "ps":
+        # weights and optimizer slots live once, on a PS shard; the rest once per replica
+        trained = {v.path + ":0" for v in model.trainable_variables}
+        assert all(copies[name] == 1 for name in trained)
+        assert sum(1 for n in copies if n.endswith(("momentum:0", "velocity:0"))) == \
+            2 * len(trained)
+        assert all(copies[n] == 1 for n in copies if n.endswith(("momentum:0", "velocity:0")))
+        assert all(copies[n] == replicas for n in copies if "iteration" in n)
+    else:
+        # every replica holds its own copy of every variable, on its own devices
+        assert len(ex.pairs) == replicas * per_replica
+        assert set(copies.values()) == {replicas}
+        assert len({placed.device for _n, _o, placed in ex.pairs}) == replicas
     if kind == "embedding":
         assert "IndexedSlices" in plan.sync.reason
+
+
+def test_ps_shards_variables_and_updates_once(local4):
+    """sync="ps": each weight and its slots live on one PS shard (balanced over the replica
+    leaders), only there are they updated, and the other replicas hold no copy of them."""
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=4,
+                                sync="ps", fusion_bytes=1)
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    ex = pstep.executor
+    homes = {orig.name: placed.device for _n, orig, placed in ex.pairs
+             if orig.name in {v.path + ":0" for v in model.trainable_variables}}
+    assert len(homes) == len(model.trainable_variables)
+    assert len(set(homes.values())) == 4                    # 6 weights over 4 shards
+    placeholders = {n.name for n in ex.graph_def.node if n.op == "Placeholder"}
+    writes = [n for n in ex.graph_def.node
+              if n.op.startswith(("Assign", "ResourceApply")) and n.input[0] in placeholders]
+    written = {}
+    for n in writes:
+        written.setdefault(n.input[0], []).append(n)
+    for ph, ops in written.items():
+        assert len({o.device for o in ops} | {ex.graph_def.node[[m.name for m in
+                   ex.graph_def.node].index(ph)].device}) == 1     # updated where it lives
+    for _n, orig, placed in ex.pairs:
+        if orig.name in homes:
+            assert placed.device == homes[orig.name]
 
 
 def test_replicas_combine_with_placement(local4):

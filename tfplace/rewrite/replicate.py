@@ -106,6 +106,9 @@ def apply(graph_def: Any, spec: ReplicationSpec) -> Any:
     _sync_dense(out, b, nodes, spec, R)
     _sync_sparse(out, b, nodes, spec, R)
     _combine_outputs(out, b, nodes, spec, R)
+    if spec.method == "ps":
+        from tfplace.rewrite import ps
+        out = ps.apply(out, spec)
     return out
 
 

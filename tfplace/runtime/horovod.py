@@ -70,6 +70,9 @@ def broadcast_variables(variables: Sequence[Any]) -> None:
     @tf.function(autograph=False)
     def broadcast() -> None:
         for i, v in enumerate(variables):
-            v.assign(hvd.broadcast(v.read_value(), root_rank=0, name=f"tfplace_broadcast_{i}"),
-                     read_value=False)
+            value = v.read_value()
+            if value.dtype in (tf.uint32, tf.uint64):     # not among Horovod's types
+                value = tf.cast(value, tf.int64)
+            value = hvd.broadcast(value, root_rank=0, name=f"tfplace_broadcast_{i}")
+            v.assign(tf.cast(value, v.dtype), read_value=False)
     broadcast()

@@ -226,3 +226,26 @@ def test_an_op_reading_a_tensor_twice_boxes_it_once() -> None:
     assert [(b.tensor, b.collective, b.consumers) for b in plan.boxing] == [
         ("rb2:0", "zeros", ("ba2",)), ("ba2:0", "all_reduce", ("sq",))]
     assert plan.op("sq") == SplitOp("sq", "Mul", (B, B), (B,))
+
+
+def test_slices_move_upstream_into_the_embedding_gradient() -> None:
+    recs = [_var("table"), _t("ids", "Placeholder", [], (12,)),
+            _t("rows", "ReadVariableOp", ["table"], (8, 4)),
+            _t("looked", "GatherV2", ["rows", "ids", "axis"], (12, 4)),
+            _t("dy", "Placeholder", [], (12, 4)), _t("num", "Const", [], ()),
+            _t("grad", "UnsortedSegmentSum", ["dy", "ids", "num"], (8, 4), 48.0),
+            _t("lr", "Const", [], ()),
+            _t("step", "Mul", ["grad", "lr"], (8, 4), 32.0),
+            {"name": "upd", "op": "AssignSubVariableOp", "inputs": ["table", "step"],
+             "out_bytes": ()}]
+    recs.insert(3, _t("axis", "Const", [], ()))
+    plan = propagate(OpDag.from_records(recs), {"emb": "S(0)"}, devices=DEVICES,
+                     variables=[Var("table", "emb", (8, 4))], attrs={"axis": {"value": (0,)}},
+                     outputs=["looked"])
+    assert plan.ops == (
+        SplitOp("rows", "ReadVariableOp", (S(0),), (S(0),)),
+        SplitOp("looked", "GatherV2", (S(0), B, B), (P,), "masked_lookup"),
+        SplitOp("grad", "UnsortedSegmentSum", (B, B, B), (S(0),), "masked_segments"),
+        SplitOp("step", "Mul", (S(0), B), (S(0),)),
+        SplitOp("upd", "AssignSubVariableOp", (S(0), S(0)), ()))
+    assert plan.boxing == (BoxingStep("looked:0", P, B, "all_reduce", 192, 192, ("",)),)

@@ -8,7 +8,9 @@ One pass over the op DAG in topological order, forward and backward ops alike:
                 + bytes of boxing its inputs (a conversion already made is free) / bytes_per_second
         -> the cheapest wins (ties: the rule's order); its input conversions become boxing steps
         -> a P output read by several ops is all-reduced once, right away (one sync, not one
-           per reader); fetched outputs are boxed to B
+           per reader)
+    then slices move upstream into whole ops that can produce the slice themselves (an
+    embedding gradient's masked segment sum), and fetched outputs are boxed to B.
 
 Ops whose inputs are all B stay whole (B). A non-B input is either taken as it is or made whole
 (B): whole inputs may be sliced or zero-filled locally, but activations are not re-split
@@ -21,6 +23,7 @@ reaches it in the variable's layout.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any, Mapping, Protocol, Sequence
 
 from tfplace.analysis import OpDag, OpNode, split_input
@@ -125,6 +128,8 @@ class _Propagation:
             outputs: Sequence[str]) -> SplitPlan:
         for i, node in enumerate(self.dag.nodes):
             self._visit(i, node)
+        fetched = {f"{name}:{k}" for name, k in map(split_input, outputs)}
+        self._hoist_slices(fetched)
         for ref in outputs:
             name, k = split_input(ref)
             if name not in self.dag.index:
@@ -134,8 +139,61 @@ class _Propagation:
                                      (lay.shard_shape(tuple(v.shape), self.n),) * self.n)
                        for v in sorted(variables, key=lambda v: v.name)
                        if (lay := self.var_layouts.get(v.node, B)) != B)
-        return SplitPlan(devices=group, ops=tuple(self.ops), boxing=tuple(self.boxing.values()),
+        ops = sorted(self.ops, key=lambda o: self.dag.index[o.name])
+        return SplitPlan(devices=group, ops=tuple(ops), boxing=tuple(self.boxing.values()),
                          variables=shards)
+
+    # -- slices move upstream ------------------------------------------------------------------
+    def _hoist_slices(self, fetched: set[str]) -> None:
+        """Run a whole op split instead of slicing its output, when every reader wants the
+        slice and the op has a signature giving it from whole or sliced inputs (an embedding
+        gradient's segment sum, a conv's input gradient): 1/n of the work and memory, no bytes.
+        New slices of its inputs are tried in turn, latest producer first."""
+        heap = [-self.dag.index[t.rsplit(":", 1)[0]] for (t, _), st in self.boxing.items()
+                if st.collective == "slice"]
+        heapq.heapify(heap)
+        done: set[int] = set()
+        while heap:
+            i = -heapq.heappop(heap)
+            if i in done:
+                continue
+            done.add(i)
+            for j in self._hoist(i, fetched):
+                heapq.heappush(heap, -j)
+
+    def _hoist(self, i: int, fetched: set[str]) -> list[int]:
+        node = self.dag.nodes[i]
+        tensor = f"{node.name}:0"
+        steps = [key for key in self.boxing if key[0] == tensor]
+        if len(node.out_bytes) != 1 or len(steps) != 1 or tensor in fetched \
+                or self.layout.get((i, 0), B) != B or node.name in self.var_layouts:
+            return []
+        step = self.boxing[steps[0]]
+        readers = {self.dag.nodes[c].name for c in self.dag.tensor_consumers[i][0]}
+        if step.collective != "slice" or set(step.consumers) != readers:
+            return []
+        refs = [split_input(r) for r in node.inputs]
+        srcs = [(self.dag.index[name], k) for name, k in refs]
+        cur = tuple(self.layout.get(s, B) for s in srcs)
+        if any(lay != B for lay in cur):
+            return []
+        ctx = self._context(node, srcs, cur, 1)
+        handles = {j for j in range(ctx.n_in) if ctx.is_resource(j)}
+        sig = next((s for s in signatures(ctx) if s.outputs == (step.dst,) and fits(s, ctx, self.n)
+                    and len(s.inputs) == ctx.n_in
+                    and all(not lay.is_partial and (lay == B or j not in handles)
+                            for j, lay in enumerate(s.inputs))), None)
+        if sig is None:
+            return []
+        del self.boxing[steps[0]]
+        self.layout[(i, 0)] = step.dst
+        self.ops.append(SplitOp(node.name, node.op, sig.inputs, sig.outputs, sig.local))
+        moved = []
+        for (name, k), (j, _), want in zip(refs, srcs, sig.inputs):
+            if want != B:
+                self._box(f"{name}:{k}", j, k, want, node.name)
+                moved.append(j)
+        return moved
 
     # -- one op -------------------------------------------------------------------------------
     def _visit(self, i: int, node: OpNode) -> None:

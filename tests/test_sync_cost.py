@@ -265,22 +265,25 @@ def test_link_profile_lookup_and_validation() -> None:
 
 def test_profile_turns_ps_on_for_small_messages_on_shared_cores() -> None:
     """3 replicas sharing a host's cores, 256 KiB in one bucket on one ps shard: the plain
-    model picks ring (the shard's link carries 2(N-1)·B), the messages pick ps (12 vs 4)."""
+    model picks ring (the shard's link carries 2(N-1)·B), the measured profile picks ps: 12 ring
+    messages vs 4, 3 ring flows share the cores (400 MB/s each) while the fan-in of 2 gets 1 GB/s
+    and the fan-out 1.6 GB/s."""
     c = flat(3, 1e9, 2.5e-4)
     groups = one_per_device(c)
     b = 256 * 1024
     plain = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1)
     assert plain.method == "ring"
     p = LinkProfile(message_seconds=2e-4, ring_bandwidth=((3, 4e8),),
-                    alltoall_bandwidth=((3, 4e8),))
+                    fanin_bandwidth=((2, 1e9),), fanout_bandwidth=((2, 1.6e9),))
     d = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1, profile=p)
     ring = 4 / 3 * b / 4e8 + 4 * 2.5e-4 + 12 * 2e-4                # 4.27 ms
-    ps = 4 * b / 4e8 + 2 * 2.5e-4 + 4 * 2e-4                       # 3.92 ms
+    ps = 2 * b / 1e9 + 2 * b / 1.6e9 + 2 * 2.5e-4 + 4 * 2e-4        # 2.15 ms
     assert d.costs == (("ps", exact(ps)), ("ring", exact(ring)))
     assert d.method == "ps"
-    assert d.reason == ("ps: 2(N-1)·L/bw + 2·lat + 2(N-1)·k·o = 3.9 ms  <  "
+    assert d.reason == ("ps: (N-1)·L/bw_in + (N-1)·L/bw_out + 2·lat + 2(N-1)·k·o = 2.2 ms  <  "
                         "ring: 2(N-1)/N·B/bw + 2(N-1)·lat + 2N(N-1)·k·o = 4.3 ms  "
-                        "[N=3, S=3, B=256.00 KiB, bw=400.0 MB/s, lat=250 us, k=1 o=200 us, "
+                        "[N=3, S=3, B=256.00 KiB, bw=400.0 MB/s, lat=250 us, "
+                        "ps bw_in=1.00 GB/s bw_out=1.60 GB/s lat=250 us, k=1 o=200 us, "
                         "L=256.00 KiB (busiest shard)]")
 
 

@@ -17,6 +17,8 @@ without one) charges what alpha-beta misses when replicas share hosts or a switc
     bw_ring  bytes/s per flow while all N ring flows run at once (shared cores copy the bytes)
     bw_a2a   bytes/s into each node while every node sends to every other at once (the ps
              traffic: N-1 flows into each aggregator, incast and shared cores included)
+    bw_in, bw_out  aggregate bytes/s into / out of one node from / to N-1 peers at once (ps
+             with a single aggregator: the push is a fan-in, the pull a fan-out)
 
 Pure functions of numbers; the cluster supplies bandwidth and latency, the profile the rest.
 """
@@ -139,19 +141,23 @@ class LinkProfile:
     message_seconds     o, host seconds per message while many are in flight (>= 0)
     ring_bandwidth      ((m, bytes/s per flow while m ring flows run at once), ...)
     alltoall_bandwidth  ((m, bytes/s into each node while m nodes all send to each other), ...)
+    fanin_bandwidth     ((k, aggregate bytes/s into one node from k senders at once), ...)
+    fanout_bandwidth    ((k, aggregate bytes/s out of one node to k receivers at once), ...)
 
-    A replica count with no entry uses the cluster's link bandwidth (the plain model).
+    A count with no entry uses the cluster's link bandwidth (the plain model).
     """
 
     message_seconds: float = 0.0
     ring_bandwidth: tuple[tuple[int, float], ...] = ()
     alltoall_bandwidth: tuple[tuple[int, float], ...] = ()
+    fanin_bandwidth: tuple[tuple[int, float], ...] = ()
+    fanout_bandwidth: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         bad = [f"message_seconds={self.message_seconds!r}"] if not self.message_seconds >= 0 \
             else []
         bad += [f"{m}: {bw!r}" for m, bw in self.ring_bandwidth + self.alltoall_bandwidth
-                if not bw > 0]
+                + self.fanin_bandwidth + self.fanout_bandwidth if not bw > 0]
         if bad:
             raise PlanError(f"link profile figures must be positive ({', '.join(bad)}); "
                             "recalibrate the links")
@@ -161,6 +167,12 @@ class LinkProfile:
 
     def alltoall_bw(self, n: int, default: float) -> float:
         return dict(self.alltoall_bandwidth).get(n, default)
+
+    def fanin_bw(self, k: int, default: float) -> float:
+        return dict(self.fanin_bandwidth).get(k, default)
+
+    def fanout_bw(self, k: int, default: float) -> float:
+        return dict(self.fanout_bandwidth).get(k, default)
 
 
 @dataclass(frozen=True)
@@ -223,15 +235,18 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
       ps:   the slowest link between any two replicas; `ps_shards` None (or N) puts one shard on
             every replica (colocated), fewer means dedicated shard devices. `ps_busiest_bytes`
             L (the most bytes one aggregation device gets per replica, as the rewrite shards
-            the buckets) replaces the balanced B/S: 2(N-1)·L/bw + 2·lat + 2(N-1)·k·o.
+            the buckets) replaces the balanced B/S: 2(N-1)·L/bw + 2·lat + 2(N-1)·k·o; when one
+            device aggregates everything (L >= B) the push is a fan-in and the pull a fan-out:
+            (N-1)·L/bw_in + (N-1)·L/bw_out + 2·lat + 2(N-1)·k·o.
       hierarchical: only weighed when the replicas span more than one gRPC task and some task
             holds more than one replica (or when requested); d = the most replicas in one task,
             bw_in/lat_in = the slowest link between replicas of one task, bw/lat = the slowest
             link around the ring of the tasks' first replicas.
     `buckets` k = fusion buckets (None: ceil(B / default_fusion_bytes) on the ring's link).
     `profile` (a link calibration): o = its message_seconds; ring's bw = its per-flow bandwidth
-    with N ring flows at once, ps's bw = its per-node all-to-all bandwidth among N; an N it
-    does not cover keeps the link's bandwidth.
+    with N ring flows at once, ps's bw = its per-node all-to-all bandwidth among N, bw_in /
+    bw_out = its fan-in / fan-out bandwidth of N-1 peers; a count it does not cover keeps the
+    link's bandwidth (bw_in = bw_out = bw: the plain 2(N-1)·L/bw).
     Ties go to the earlier method in SYNC_METHODS. `requested` other than "auto" is honoured
     and every cost is still reported. exposed_seconds = max(0, chosen - backward_seconds):
     bucketed sync can hide at most the backward pass.
@@ -251,7 +266,9 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     ps_bw, ps_lat = _slowest(cluster, list(combinations(leaders, 2)))
     prof = profile if profile is not None else LinkProfile()
     o = prof.message_seconds
+    ps_in, ps_out = prof.fanin_bw(n - 1, ps_bw), prof.fanout_bw(n - 1, ps_bw)
     ring_bw, ps_bw = prof.ring_bw(n, ring_bw), prof.alltoall_bw(n, ps_bw)
+    one_aggregator = ps_busiest_bytes is not None and ps_busiest_bytes >= grad_bytes
     if buckets is None:
         fusion = default_fusion_bytes(n, ring_bw, ring_lat, max(grad_bytes, 1))
         buckets = max(1, math.ceil(grad_bytes / fusion))
@@ -263,11 +280,16 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     if ps_busiest_bytes is not None and n > 1:
         # the shards the rewrite really makes (one per bucket, least-loaded first) are rarely
         # balanced: the busiest one, L bytes, bounds the step: 2(N-1)·L/bw + 2·lat
-        costs["ps"] = 2 * (n - 1) * ps_busiest_bytes / ps_bw + 2 * ps_lat \
-            + 2 * (n - 1) * k * o
+        if one_aggregator:
+            push_pull = (n - 1) * ps_busiest_bytes * (1 / ps_in + 1 / ps_out)
+        else:
+            push_pull = 2 * (n - 1) * ps_busiest_bytes / ps_bw
+        costs["ps"] = push_pull + 2 * ps_lat + 2 * (n - 1) * k * o
     figures = [f"N={n}", f"S={shards}", f"B={_bytes(grad_bytes)}",
                f"bw={_bw(ring_bw)}", f"lat={ring_lat * 1e6:.3g} us"]
-    if (ps_bw, ps_lat) != (ring_bw, ring_lat):
+    if one_aggregator and n > 1 and (ps_in, ps_out) != (ps_bw, ps_bw):
+        figures.append(f"ps bw_in={_bw(ps_in)} bw_out={_bw(ps_out)} lat={ps_lat * 1e6:.3g} us")
+    elif (ps_bw, ps_lat) != (ring_bw, ring_lat):
         figures.append(f"ps bw={_bw(ps_bw)} lat={ps_lat * 1e6:.3g} us")
     if o:
         figures.append(f"k={k} o={o * 1e6:.3g} us")
@@ -290,6 +312,8 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     formula = dict(_FORMULAS, ps=_FORMULAS["ps_colocated" if shards == n else "ps"])
     if ps_busiest_bytes is not None and n > 1:
         formula["ps"] = "2(N-1)·L/bw + 2·lat"
+        if one_aggregator and (ps_in, ps_out) != (ps_bw, ps_bw):
+            formula["ps"] = "(N-1)·L/bw_in + (N-1)·L/bw_out + 2·lat"
         figures.append(f"L={_bytes(ps_busiest_bytes)} (busiest shard)")
     if o:
         formula["ring"] += " + 2N(N-1)·k·o"

@@ -1,16 +1,20 @@
 """Does sync="auto" pick the faster gradient sync? Measured ring vs ps against
 ``tfplace.sync_cost.choose_sync`` over a grid of replicas x gradient bytes x link bandwidth.
 
-    python benchmarks/sync_choice.py [--replicas 2,3,4] [--payloads-kb 256,4096,32768]
-                                     [--rates unshaped,1gbit,100mbit] [--rounds 2]
-                                     [--tie 0.10] [--budget 660] [--no-netns]
+    python benchmarks/sync_choice.py [--replicas 2,3,4] [--payloads-kb 256,1024,4096,16384,65536]
+                                     [--rates unshaped,1gbit,100mbit] [--rounds 3]
+                                     [--tie 0.05] [--budget 1500] [--no-netns]
+                                     [--save FILE] [--rescore FILE]
 
 Grid: N replicas (one gRPC worker = one device = one replica each) x float32 gradient bytes B x
-link rate. At every point both sync methods are MEASURED as tfplace runs them, then
-``choose_sync(groups, cluster, B, requested="auto")`` is asked, and the point is OK when auto
-picked the measured-faster method (or when the two are within --tie of each other: then either
-choice costs < tie and the point is a "tie"; the strict hit rate, ties scored by the median
-alone, is printed as well).
+link rate. First a CALIBRATION phase measures the links (below); then at every point both sync
+methods are MEASURED as tfplace runs them, ``choose_sync(groups, cluster, B, requested="auto",
+ps_busiest_bytes=L, buckets=k, profile=...)`` is asked, and the point is OK when auto picked
+the measured-faster method (median over all calls of all rounds), or a "tie" when the two
+medians are within --tie (|ring - ps| / min < 5%): then either choice is within the noise and
+counts as correct; ties are counted and printed separately, and so is the strict rate.
+``--save`` writes the calibration and every timing as JSON; ``--rescore`` reports such a file
+again with the current model (development only: a rescored run is in-sample).
 
 Network. Each worker runs in its own network namespace ``tfpsc_w<i>``, joined by a veth pair
 (``tfpsc_n<i>`` inside, ``tfpsc_h<i>`` outside) to a bridge ``tfpsc_br`` in the root namespace;
@@ -46,17 +50,25 @@ Each bucket is reduced by ``REDUCERS[method]``:
 then concatenated on each device, summed there, and the N scalars AddN'ed on the client;
 timed = call + ``.numpy()``, by the client. Correctness is checked after warm-up.
 
+Calibration (``calibrate_child``, one child with max(N) workers, per rate, before any grid
+point, over the same TF gRPC path; no reducer graph is involved): a 4-byte ping-pong gives the
+latency per hop, a 512 KiB vs 4 MiB transfer w0 -> w1 the bandwidth, 33 tiny tensors at once
+the host seconds per message, and transfers of 512 KiB vs 4 MiB in four patterns the contended
+bandwidths: m ring flows at once, all-to-all among m, fan-in k -> 1 and fan-out 1 -> k.
+
 Cluster for choose_sync: devices/tasks = the workers (``grpc_cluster(tasks, 1)``), with
-``default_bandwidth`` = the tbf rate in bytes/s (1gbit -> 1.25e8, 100mbit -> 1.25e7) and
-``default_latency`` = ``GRPC_LATENCY`` (1e-4 s: tbf adds no delay; the per-message gRPC cost
-dominates); unshaped -> the cluster defaults ``GRPC_BANDWIDTH`` (1e9 B/s) / ``GRPC_LATENCY``.
-A raw-TCP probe (bulk throughput and 1-byte ping-pong RTT between namespaces w0 and w1) is
-printed per rate for reference only. The fusion size of each point uses the same figures.
+``default_bandwidth`` / ``default_latency`` = the calibrated bandwidth and hop latency of that
+rate (what ``tfplace profile`` would write into a cluster spec), and a ``sync_cost.LinkProfile``
+of the rest (message seconds, ring / all-to-all / fan-in / fan-out bandwidths). Nothing in
+the model is fitted to the grid's timings. The fusion size of each point uses the same
+calibrated figures. A raw-TCP probe (bulk throughput and 1-byte ping-pong RTT between
+namespaces w0 and w1) is printed per rate for reference only.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
@@ -67,6 +79,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Iterator
 from _procs import children as _children, kill_children as _kill_children  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -81,6 +94,10 @@ SUBNET = "10.231.77"
 CLIENT_IP = f"{SUBNET}.1"
 WORKER_PORT = 7100
 METHODS = ("ring", "ps")
+CAL_SMALL = 512 * KB               # calibration transfer sizes: the slope between them
+CAL_BIG = 4096 * KB
+CAL_MESSAGES = 33                  # tiny tensors sent at once, to time one message's cost
+_FIGURES: dict[str, list[float]] = {}     # rate -> [bandwidth, latency], from the calibration
 
 
 def worker_ip(i: int) -> str:
@@ -223,7 +240,11 @@ def tcp_probe(rate: str) -> tuple[float, float] | None:
 # the cost-model side (also used by the child to build the graphs tfplace would run)
 
 def figures(rate: str) -> tuple[float, float]:
-    """(bandwidth bytes/s, latency s) the Cluster for choose_sync gets for this rate."""
+    """(bandwidth bytes/s, latency s) the Cluster for choose_sync gets for this rate: the
+    calibration's (bw, hop_s) when there is one, else the nominal rate / GRPC_* defaults."""
+    if rate in _FIGURES:
+        bw, lat = _FIGURES[rate]
+        return float(bw), float(lat)
     from tfplace.cluster import GRPC_BANDWIDTH, GRPC_LATENCY
     bps = rate_bytes(rate)
     return (GRPC_BANDWIDTH if bps is None else bps), GRPC_LATENCY
@@ -256,15 +277,15 @@ def cluster_for(n: int, rate: str):
 # ---------------------------------------------------------------------------------------------
 # child: one cluster of N workers, every payload and rate
 
-def child(a: argparse.Namespace) -> None:
-    deadline = time.monotonic() + a.child_budget
-    n = a.n
-    payloads = [int(float(p) * KB) for p in a.payloads_kb.split(",")]
-    rates = a.rates.split(",")
+@contextlib.contextmanager
+def workers_up(n: int, netns: bool) -> Iterator[tuple]:
+    """N tfplace workers (one device each, worker i pinned to cpu i % ncpu, in namespace w<i>
+    when `netns`), this process connected to them as task ``localhost``; yields (tf, devices).
+    The workers are killed on exit."""
     from tfplace.cluster import Task
     from tfplace.runtime.launcher import LocalWorkers, _wait_ready
     cpus = _cpus()
-    if a.netns:
+    if netns:
         tasks = tuple(Task("worker", i, f"{worker_ip(i)}:{WORKER_PORT + i}") for i in range(n))
     else:
         ports = []
@@ -281,26 +302,182 @@ def child(a: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "tfplace.runtime.worker", "--spec", json.dumps(spec),
                "--task", str(t.index), "--devices", "1", "--cores", str(cpus[t.index % len(cpus)]),
                "--parent", str(os.getpid())]
-        if a.netns:
+        if netns:
             cmd = ["ip", "netns", "exec", f"{PREFIX}_w{t.index}"] + cmd
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       env=env, text=True, cwd=ROOT))
     handle = LocalWorkers(procs, tasks)
-    t0 = time.perf_counter()
     try:
         _wait_ready(procs, tasks, 120.0)
         import tensorflow as tf
         # the client's own task at an address the workers can reach (not 'localhost' - in a
         # worker's namespace that is the worker itself)
         with socket.socket() as s:
-            s.bind((CLIENT_IP if a.netns else "127.0.0.1", 0))
+            s.bind((CLIENT_IP if netns else "127.0.0.1", 0))
             cport = int(s.getsockname()[1])
-        full = dict(spec, localhost=[f"{CLIENT_IP if a.netns else '127.0.0.1'}:{cport}"])
+        full = dict(spec, localhost=[f"{CLIENT_IP if netns else '127.0.0.1'}:{cport}"])
         tf.config.experimental_connect_to_cluster(tf.train.ClusterSpec(full),
                                                   job_name="localhost")
+        yield tf, [f"{t.prefix}/device:CPU:0" for t in tasks]
+    finally:
+        handle.shutdown()
+
+
+def _paired(fa, fb, min_pairs: int, max_pairs: int, seconds: float) -> list[float]:
+    """Per-pair differences t(fb) - t(fa), calls alternating (ABAB..., so noise hits both)."""
+    fa().numpy(), fb().numpy()
+    diffs, spent, k = [], 0.0, 0
+    while k < max_pairs and (k < min_pairs or spent < seconds):
+        t = time.perf_counter()
+        fa().numpy()
+        ta = time.perf_counter() - t
+        t = time.perf_counter()
+        fb().numpy()
+        tb = time.perf_counter() - t
+        diffs.append(tb - ta)
+        spent += ta + tb
+        k += 1
+    return diffs
+
+
+def calibrate_child(a: argparse.Namespace) -> None:
+    """The link calibration, before any grid point: what `tfplace profile` would measure on
+    the links and write into the cluster spec, over the same TF gRPC path, per rate:
+
+      hop_s   one-way seconds of a 4-byte tensor hop w0 -> w1 (slope of a 2- vs 22-hop
+              ping-pong chain of AddV2s alternating between the two workers; per-call cost
+              cancels): the latency per message, gRPC overhead included.
+      bw      bytes/s of one tensor w0 -> w1 (slope between CAL_SMALL and CAL_BIG bytes:
+              per-call cost and tbf's initial burst cancel).
+      fanin   {k: aggregate bytes/s into w0 from k senders at once}, k = 1..n-1.
+      fanout  {k: aggregate bytes/s out of w0 to k receivers at once}, k = 1..n-1.
+      message_s  host seconds per message when many are in flight: the slope of 1 vs
+              CAL_MESSAGES 4-byte tensors sent w1 -> w0 at once.
+      ring_bw  {m: bytes/s per flow while m transfers w_i -> w_(i+1 mod m) run at once}.
+      alltoall_bw {m: bytes/s into each node while each of m nodes sends to every other}.
+    """
+    n = a.n
+    rates = a.rates.split(",")
+    out: dict[str, dict] = {}
+    with workers_up(n, a.netns) as (tf, devices):
+        tiny = []
+        for d in devices:
+            with tf.device(d):
+                tiny.append(tf.Variable([1.0]))
+        big: dict[int, list] = {}
+        for size in (CAL_SMALL, CAL_BIG):
+            big[size] = []
+            for d in devices:
+                with tf.device(d):
+                    big[size].append(tf.Variable(tf.ones([size // 4])))
+
+        def chain(hops: int):
+            @tf.function
+            def f():
+                x = tiny[0].read_value()
+                for i in range(hops):
+                    j = (i + 1) % 2
+                    with tf.device(devices[j]):
+                        x = x + tiny[j]
+                return x
+            return f
+
+        def fanin(size: int, k: int):
+            @tf.function
+            def f():
+                with tf.device(devices[0]):
+                    got = [tf.reduce_sum(tf.identity(big[size][i].read_value()))
+                           for i in range(1, k + 1)]
+                    return tf.add_n(got)
+            return f
+
+        def fanout(size: int, k: int):
+            @tf.function
+            def f():
+                got = []
+                for i in range(1, k + 1):
+                    with tf.device(devices[i]):
+                        got.append(tf.reduce_sum(tf.identity(big[size][0].read_value())))
+                with tf.device(devices[0]):
+                    return tf.add_n(got)
+            return f
+
+        def messages(m: int):
+            @tf.function
+            def f():
+                with tf.device(devices[0]):
+                    return tf.add_n([tf.identity(v.read_value()) for v in many[:m]])
+            return f
+
+        def ring_flows(size: int, m: int):
+            @tf.function
+            def f():
+                got = []
+                for i in range(m):
+                    with tf.device(devices[(i + 1) % m]):
+                        got.append(tf.reduce_sum(tf.identity(big[size][i].read_value())))
+                with tf.device(devices[0]):
+                    return tf.add_n(got)
+            return f
+
+        def alltoall(size: int, m: int):
+            @tf.function
+            def f():
+                got = []
+                for i in range(m):
+                    for j in range(m):
+                        if i != j:
+                            with tf.device(devices[j]):
+                                got.append(tf.reduce_sum(tf.identity(big[size][i].read_value())))
+                with tf.device(devices[0]):
+                    return tf.add_n(got)
+            return f
+
+        with tf.device(devices[1]):
+            many = [tf.Variable([1.0]) for _ in range(CAL_MESSAGES)]
+        short, long_ = chain(2), chain(22)
+        one, all_ = messages(1), messages(CAL_MESSAGES)
+        ring_f = {m: (ring_flows(CAL_SMALL, m), ring_flows(CAL_BIG, m)) for m in range(2, n + 1)}
+        a2a_f = {m: (alltoall(CAL_SMALL, m), alltoall(CAL_BIG, m)) for m in range(2, n + 1)}
+        pairs = {k: (fanin(CAL_SMALL, k), fanin(CAL_BIG, k)) for k in range(1, n)}
+        outs = {k: (fanout(CAL_SMALL, k), fanout(CAL_BIG, k)) for k in range(1, n)}
+        for rate in rates:
+            if a.netns:
+                shape(n, rate)
+            hop = statistics.median(_paired(short, long_, 5, 40, 1.0)) / 20
+            msg = statistics.median(_paired(one, all_, 5, 40, 1.0)) / (CAL_MESSAGES - 1)
+            agg, ring_bw, a2a_bw, out_bw = {}, {}, {}, {}
+            for k, (fs, fb) in pairs.items():
+                dt = statistics.median(_paired(fs, fb, 3, 30, 1.5))
+                agg[k] = k * (CAL_BIG - CAL_SMALL) / max(dt, 1e-9)
+            for k, (fs, fb) in outs.items():
+                dt = statistics.median(_paired(fs, fb, 3, 30, 1.5))
+                out_bw[k] = k * (CAL_BIG - CAL_SMALL) / max(dt, 1e-9)
+            for m, (fs, fb) in ring_f.items():          # per flow, m flows at once
+                dt = statistics.median(_paired(fs, fb, 3, 30, 1.5))
+                ring_bw[m] = (CAL_BIG - CAL_SMALL) / max(dt, 1e-9)
+            for m, (fs, fb) in a2a_f.items():           # per node's ingress, m(m-1) flows
+                dt = statistics.median(_paired(fs, fb, 3, 30, 1.5))
+                a2a_bw[m] = (m - 1) * (CAL_BIG - CAL_SMALL) / max(dt, 1e-9)
+            out[rate] = {"hop_s": max(hop, 1e-6), "bw": agg[1], "fanin": agg,
+                         "message_s": max(msg, 0.0), "ring_bw": ring_bw, "alltoall_bw": a2a_bw,
+                         "fanout": out_bw}
+        if a.netns:
+            shape(n, "unshaped")
+    emit({"calibration": out})
+
+
+def child(a: argparse.Namespace) -> None:
+    deadline = time.monotonic() + a.child_budget
+    n = a.n
+    payloads = [int(float(p) * KB) for p in a.payloads_kb.split(",")]
+    rates = a.rates.split(",")
+    global _FIGURES
+    _FIGURES = json.loads(a.figures)
+    t0 = time.perf_counter()
+    with workers_up(n, a.netns) as (tf, devices):
         from tfplace.rewrite.allreduce import REDUCERS
         from tfplace.rewrite.nodes import DT_FLOAT, DT_INT32, DT_RESOURCE, NodeBuilder
-        devices = [f"{t.prefix}/device:CPU:0" for t in tasks]
         client = "/job:localhost/replica:0/task:0/device:CPU:0"
         variables = {}
         for nbytes in payloads:
@@ -394,13 +571,12 @@ def child(a: argparse.Namespace) -> None:
             shape(n, "unshaped")
         emit({"n": n, "times": times, "bad": bad, "setup_s": setup, "rounds": rounds_done,
               "layouts": layouts})
-    finally:
-        handle.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------
 # the parent
 
+_netns_used = False
 
 
 def _teardown() -> None:
@@ -410,8 +586,9 @@ def _teardown() -> None:
 
 
 def run_child(n: int, a: argparse.Namespace, netns: bool, rates: list[str],
-              budget: float) -> dict:
-    cmd = [sys.executable, HERE, "--child", "--n", str(n), "--payloads-kb", a.payloads_kb,
+              budget: float, calibrate: bool = False) -> dict:
+    cmd = [sys.executable, HERE, "--calibrate" if calibrate else "--child", "--n", str(n),
+           "--payloads-kb", a.payloads_kb, "--figures", json.dumps(_FIGURES),
            "--rates", ",".join(rates), "--rounds", str(a.rounds), "--child-budget", str(budget),
            "--min-calls", str(a.min_calls), "--max-calls", str(a.max_calls),
            "--cell-seconds", str(a.cell_seconds)] + (["--netns"] if netns else [])
@@ -441,25 +618,42 @@ def main() -> None:
     global _netns_used
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--calibrate", action="store_true")
+    ap.add_argument("--figures", default="{}")
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--netns", action="store_true")
     ap.add_argument("--child-budget", type=float, default=200.0)
     ap.add_argument("--replicas", default="2,3,4")
-    ap.add_argument("--payloads-kb", default="256,4096,32768")
+    ap.add_argument("--payloads-kb", default="256,1024,4096,16384,65536")
     ap.add_argument("--rates", default="unshaped,1gbit,100mbit")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--min-calls", type=int, default=2)
     ap.add_argument("--max-calls", type=int, default=25)
     ap.add_argument("--cell-seconds", type=float, default=0.8,
                     help="stop a cell's ABAB calls once each method has used this long")
     ap.add_argument("--round-reserve", type=float, default=60.0)
-    ap.add_argument("--tie", type=float, default=0.10,
-                    help="measured medians within this fraction = a tie (either choice OK)")
-    ap.add_argument("--budget", type=float, default=660.0, help="whole run, seconds")
+    ap.add_argument("--tie", type=float, default=0.05,
+                    help="|ring - ps| / min below this = a tie (either choice OK)")
+    ap.add_argument("--budget", type=float, default=1500.0, help="whole run, seconds")
+    ap.add_argument("--rescore", default="", help="report a --save file again (no measuring)")
+    ap.add_argument("--save", default="", help="write the calibration and raw times here (JSON)")
     ap.add_argument("--no-netns", action="store_true", help="loopback only, no shaping")
     a = ap.parse_args()
     if a.child:
         child(a)
+        return
+    if a.calibrate:
+        calibrate_child(a)
+        return
+    if a.rescore:
+        saved = json.load(open(a.rescore))
+        results = {int(k): v for k, v in saved["results"].items()}
+        for rate, c in saved["calibration"].items():
+            _FIGURES[rate] = [c["bw"], c["hop_s"]]
+        print(f"RESCORED from {a.rescore} (the model was not fitted on a fresh run)")
+        report(a, [int(x) for x in a.replicas.split(",")],
+               [int(float(p) * KB) for p in a.payloads_kb.split(",")],
+               list(saved["calibration"]), results, saved["netns"], saved["calibration"])
         return
 
     t_start = time.monotonic()
@@ -512,6 +706,22 @@ def main() -> None:
                 print(f"  raw TCP w0->w1 at {rate:>9}: "
                           + (f"{pr[0] * 8 / 1e6:8.0f} Mbit/s, 1-byte RTT {pr[1] * 1e6:.0f} us"
                              if pr else "probe failed"), flush=True)
+        t = time.monotonic()
+        cal = run_child(max(replicas), a, netns, rates, 240.0, calibrate=True)["calibration"]
+        print(f"calibration ({time.monotonic() - t:.0f} s, {max(replicas)} workers, TF gRPC "
+              f"between the workers, before any grid point):", flush=True)
+        for rate in rates:
+            c = cal[rate]
+            _FIGURES[rate] = [c["bw"], c["hop_s"]]
+            fan = ", ".join(f"{k}->1 {v / 1e6:.1f}" for k, v in c["fanin"].items()) + \
+                "; fan-out: " + ", ".join(f"1->{k} {v / 1e6:.1f}" for k, v in c["fanout"].items())
+            print(f"  {rate:>9}: hop (latency) {c['hop_s'] * 1e6:.0f} us, bandwidth "
+                  f"{c['bw'] / 1e6:.1f} MB/s; per message {c['message_s'] * 1e6:.0f} us; "
+                  f"fan-in aggregate MB/s: {fan}", flush=True)
+            print("             per flow with m ring flows at once MB/s: " + ", ".join(
+                f"m={k} {v / 1e6:.1f}" for k, v in c["ring_bw"].items()) +
+                "; per node in, all-to-all of m: " + ", ".join(
+                f"m={k} {v / 1e6:.1f}" for k, v in c["alltoall_bw"].items()), flush=True)
         for rate in rates:
             bw, lat = figures(rate)
             print(f"  cluster for choose_sync at {rate:>9}: default_bandwidth {bw:.3g} B/s, "
@@ -540,19 +750,34 @@ def main() -> None:
             print(f"network namespaces removed; leftovers: "
                   f"{netns_cleanup() or 'none'}", flush=True)
 
-    report(a, replicas, payloads, rates, results, netns)
+    if a.save:
+        with open(a.save, "w") as f:
+            json.dump({"calibration": cal, "results": results, "netns": netns}, f)
+    report(a, replicas, payloads, rates, results, netns, cal)
     print(f"total {time.monotonic() - t_start:.0f} s")
 
 
-def report(a, replicas, payloads, rates, results, netns) -> None:
+def profile_for(c: dict):
+    """The calibration's LinkProfile for choose_sync (JSON keys are strings)."""
+    from tfplace.sync_cost import LinkProfile
+    return LinkProfile(
+        message_seconds=float(c["message_s"]),
+        ring_bandwidth=tuple(sorted((int(m), float(v)) for m, v in c["ring_bw"].items())),
+        alltoall_bandwidth=tuple(sorted((int(m), float(v)) for m, v in c["alltoall_bw"].items())),
+        fanin_bandwidth=tuple(sorted((int(k), float(v)) for k, v in c["fanin"].items())),
+        fanout_bandwidth=tuple(sorted((int(k), float(v)) for k, v in c.get("fanout", {}).items())))
+
+
+def report(a, replicas, payloads, rates, results, netns, cal) -> None:
     from tfplace.sync_cost import choose_sync
     print()
     print(f"{'N':>2} {'bytes':>7} {'link':>9} {'bkts':>4} {'ps shards':>9} {'ring ms':>9} "
           f"{'ps ms':>9} {'ps/ring':>7} {'faster':>7} {'model ring':>10} {'model ps':>9} "
-          f"{'auto':>5} {'':>4} {'ps@shards':>9} {'auto*':>5} {'':>4}")
-    hits = strict = total = hits2 = 0
+          f"{'auto':>5} {'':>4} {'plain':>5} {'':>4}")
+    hits = strict = ties = total = plain_hits = 0
     misses = []
     for rate in rates:
+        profile = profile_for(cal[rate])
         for n in replicas:
             r = results.get(n)
             for nb in payloads:
@@ -572,52 +797,50 @@ def report(a, replicas, payloads, rates, results, netns) -> None:
                 load = [0] * n
                 for s_, t_ in zip(sizes, targets):
                     load[t_] += s_
-                # as plan_data_parallel asks it: ps costed on the busiest real shard
+                # as plan_data_parallel asks it (ps costed on the busiest real shard), plus
+                # the bucket count and the link calibration's profile
                 dec = choose_sync(groups, cluster, nb, requested="auto",
-                                  ps_busiest_bytes=max(load))
+                                  ps_busiest_bytes=max(load), buckets=len(sizes),
+                                  profile=profile)
+                plain = choose_sync(groups, cluster, nb, requested="auto",
+                                    ps_busiest_bytes=max(load)).method
                 costs = dict(dec.costs)
                 ratio = ps_ms / ring_ms
                 faster = "ring" if ring_ms < ps_ms else "ps"
-                tie = abs(ratio - 1) <= a.tie if ratio >= 1 else abs(1 / ratio - 1) <= a.tie
+                tie = max(ratio, 1 / ratio) - 1 < a.tie
                 ok_strict = dec.method == faster
-                ok = ok_strict or tie
                 total += 1
-                hits += ok
                 strict += ok_strict
+                ties += tie and not ok_strict
+                hits += ok_strict or tie
+                plain_hits += plain == faster or tie
                 verdict = "OK" if ok_strict else ("tie" if tie else "MISS")
-                # diagnostic: the same colocated-ps formula on the shards the rewrite really
-                # makes (busiest shard's bytes L, not B/N): 2(N-1)·L/bw + 2·lat
-                bw, lat = figures(rate)
-                ps_real = 2 * (n - 1) * max(load) / bw + 2 * lat if n > 1 else 0.0
-                pick2 = "ring" if float(f"{costs['ring']:.9g}") <= float(f"{ps_real:.9g}") \
-                    else "ps"
-                ok2 = pick2 == faster or tie
-                hits2 += ok2
-                verdict2 = "OK" if pick2 == faster else ("tie" if tie else "MISS")
-                if not ok:
+                pverdict = "OK" if plain == faster else ("tie" if tie else "MISS")
+                if not (ok_strict or tie):
                     misses.append((n, nb, rate, ring_ms, ps_ms, costs, sizes, targets))
                 print(f"{n:>2} {_kb(nb):>7} {rate:>9} {len(sizes):>4} {len(set(targets)):>9} "
                       f"{ring_ms:>9.2f} {ps_ms:>9.2f} {ratio:>7.2f} "
                       f"{(faster if not tie else '~' + faster):>7} "
                       f"{costs['ring'] * 1e3:>10.2f} {costs['ps'] * 1e3:>9.2f} {dec.method:>5} "
-                      f"{verdict:>4} {ps_real * 1e3:>9.2f} {pick2:>5} {verdict2:>4}")
+                      f"{verdict:>4} {plain:>5} {pverdict:>4}")
     print()
-    print("faster '~x' = medians within the tie band (ps/ring in [1/(1+tie), 1+tie], tie = "
-          f"{a.tie:.0%}); verdict 'tie' = auto chose the other one but it costs < {a.tie:.0%} more")
-    print("bkts = fusion buckets (default_fusion_bytes on the link's figures); ps shards = "
+    print(f"faster '~x' = medians within the tie band (|ps - ring| / min < {a.tie:.0%}); "
+          f"verdict 'tie' = auto chose the other one, which is within {a.tie:.0%}")
+    print("bkts = fusion buckets (default_fusion_bytes on the calibrated link); ps shards = "
           "distinct ps targets (greedy least-loaded per bucket over the replicas' devices)")
-    print("model ring/ps = choose_sync's costs as tfplace asks them (ps on the busiest real "
-          "shard, like plan_data_parallel); "
-          "ps@shards = the same formula on the shards the rewrite actually makes, "
-          "2(N-1)·L/bw + 2·lat with L = the busiest shard's bytes; auto* = ring vs ps@shards "
-          "(a diagnostic, not tfplace's choice)")
+    print("model ring/ps = choose_sync(groups, cluster, B, ps_busiest_bytes=L, buckets=k, "
+          "profile=calibration): the cluster's bandwidth/latency = the calibrated hop and "
+          "bandwidth, the profile = message seconds, ring per-flow and all-to-all bandwidths")
+    print("plain = choose_sync's pick without buckets/profile (calibrated bw/lat only), for "
+          "comparison")
     if not netns:
         print("NOTE: loopback only - no bandwidth shaping was possible on this machine")
     if total:
-        print(f"hit rate: {hits}/{total} = {hits / total:.0%} (ties count as hits; target >= 95%)"
-              f";  strict (median only): {strict}/{total} = {strict / total:.0%}")
-        print(f"diagnostic auto* (ps costed on the real shards): {hits2}/{total} = "
-              f"{hits2 / total:.0%}")
+        print(f"hit rate: {hits}/{total} = {hits / total:.1%} (target >= 95%): "
+              f"{strict} picked the faster median, {ties} tie(s) (auto picked the other one, "
+              f"within {a.tie:.0%}), {total - hits} miss(es)")
+        print(f"strict (median only, no ties): {strict}/{total} = {strict / total:.1%};  "
+              f"plain (no profile): {plain_hits}/{total} = {plain_hits / total:.1%} with ties")
     for n, nb, rate, ring_ms, ps_ms, costs, sizes, targets in misses:
         print(f"MISS N={n} {_kb(nb)} {rate}: measured ring {ring_ms:.2f} ms, ps {ps_ms:.2f} ms; "
               f"model ring {costs['ring'] * 1e3:.2f} ms, ps {costs['ps'] * 1e3:.2f} ms; "

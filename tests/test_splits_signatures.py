@@ -199,6 +199,17 @@ def test_shape_ops() -> None:
         "IdentityN(P, S(1)) -> (P, S(1))", "IdentityN(B, B) -> (B, B)"]
 
 
+def test_pooling_keeps_batch_and_channel_splits() -> None:
+    assert sigs("MaxPool", [(8, 10, 10, 16)], [(8, 5, 5, 16)]) == [
+        "MaxPool(S(0)) -> S(0)", "MaxPool(S(3)) -> S(3)", "MaxPool(B) -> B"]
+    assert sigs("AvgPoolGrad", [(4,), (8, 5, 5, 16)], [(8, 10, 10, 16)]) == [
+        "AvgPoolGrad(B, S(0)) -> S(0) [shard_shape_args]",
+        "AvgPoolGrad(B, S(3)) -> S(3) [shard_shape_args]", "AvgPoolGrad(B, P) -> P",
+        "AvgPoolGrad(B, B) -> B"]
+    assert sigs("MaxPoolGrad", [(8, 10, 10, 16), (8, 5, 5, 16), (8, 5, 5, 16)],
+                [(8, 10, 10, 16)])[1] == "MaxPoolGrad(S(3), S(3), S(3)) -> S(3)"
+
+
 def test_unregistered_ops_run_replicated_and_the_registry_covers_the_issue() -> None:
     assert sigs("StridedSlice", [(4, 8), (1,), (1,), (1,)], [(8,)]) == [
         "StridedSlice(B, B, B, B) -> B"]

@@ -158,7 +158,8 @@ def _pool(ctx: OpContext) -> list[Signature]:
     sigs = []
     for a in (0, c):
         ins = tuple(S(a) if i in tensor_in else B for i in range(ctx.n_in))
-        sigs.append(Signature(ins, (S(a),), divided=True))
+        sigs.append(Signature(ins, (S(a),), divided=True,   # AvgPoolGrad's input-shape argument
+                              local="shard_shape_args" if ctx.op == "AvgPoolGrad" else ""))
     if ctx.op in ("AvgPool", "AvgPoolGrad"):
         sigs.append(Signature(tuple(P if i == tensor_in[-1] else B for i in range(ctx.n_in)),
                               (P,)))

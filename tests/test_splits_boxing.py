@@ -1,4 +1,4 @@
-"""tfplace.splits.boxing: for each layout pair, the expected collective and bytes, by exact value."""
+"""tfplace.splits.boxing: for each layout pair, the expected collective and bytes, exactly."""
 from __future__ import annotations
 
 import pytest

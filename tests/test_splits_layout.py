@@ -1,4 +1,4 @@
-"""tfplace.splits.layout and tfplace.splits.spec: SBP values, parsing, split specs, name resolution."""
+"""tfplace.splits.layout and .spec: SBP values, parsing, split specs, name resolution."""
 from __future__ import annotations
 
 import pytest

@@ -184,7 +184,8 @@ def test_shape_ops() -> None:
     assert reshape_axis((16, 8), (16, 1, 8), 1) == 2
     assert reshape_axis((-1, 8), (-1, 2, 4), 0) == 0
     assert sigs("Reshape", [(16, 6, 8), (2,)], [(96, 8)]) == [
-        "Reshape(S(0), B) -> S(0) [shard_shape_args]", "Reshape(S(2), B) -> S(1) [shard_shape_args]",
+        "Reshape(S(0), B) -> S(0) [shard_shape_args]",
+        "Reshape(S(2), B) -> S(1) [shard_shape_args]",
         "Reshape(P, B) -> P",
         "Reshape(B, B) -> B"]
     assert sigs("Transpose", [(4, 8, 2), (3,)], [(2, 4, 8)], consts=[None, (2, 0, 1)])[:3] == [

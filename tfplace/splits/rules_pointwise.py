@@ -30,8 +30,9 @@ ELEMENTWISE_OPS = frozenset(LINEAR_IN) | frozenset((
     "LogicalNot", "IsFinite", "IsNan", "IsInf", "ZerosLike", "OnesLike", "Gelu", "Mish"))
 
 
-def broadcast_signatures(ctx: OpContext, linear: tuple[tuple[int, ...], ...] = ()) -> list[Signature]:
-    """Split signatures per output axis (broadcast inputs stay B), then the linear P ones, then B."""
+def broadcast_signatures(ctx: OpContext,
+                         linear: tuple[tuple[int, ...], ...] = ()) -> list[Signature]:
+    """Split signatures per output axis (broadcast inputs stay B), the linear P ones, then B."""
     n_in, out = ctx.n_in, ctx.out_shapes[0] if ctx.out_shapes else None
     sigs: list[Signature] = []
     shapes = ctx.in_shapes
@@ -123,7 +124,7 @@ def _reduced_axes(ctx: OpContext) -> tuple[int, ...] | None:
     axes = ctx.const(1)
     if axes is not None:
         return axes
-    src, dst = ctx.in_shapes[0] if ctx.in_shapes else None, ctx.out_shapes[0] if ctx.out_shapes else None
+    src, dst = ctx.in_shape(), ctx.out_shape()
     if src is None or dst is None or bool(ctx.attrs.get("keep_dims")):
         return None
     if tuple(src) == tuple(dst):

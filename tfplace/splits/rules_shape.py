@@ -60,7 +60,7 @@ def reshape_axis(src: Shape, dst: Shape, axis: int) -> int | None:
 
 @register("Reshape", "ExpandDims", "Squeeze")
 def _reshape(ctx: OpContext) -> list[Signature]:
-    src, dst = ctx.in_shapes[0] if ctx.in_shapes else None, ctx.out_shapes[0] if ctx.out_shapes else None
+    src, dst = ctx.in_shape(), ctx.out_shape()
     rest = (B,) * (ctx.n_in - 1)
     sigs = []
     if src is not None and dst is not None:
@@ -77,7 +77,7 @@ def _reshape(ctx: OpContext) -> list[Signature]:
 @register("Tile", "BroadcastTo")
 def _tile(ctx: OpContext) -> list[Signature]:
     """Axes the op leaves alone (same size, right-aligned) keep their split; copies are linear."""
-    src, dst = ctx.in_shapes[0] if ctx.in_shapes else None, ctx.out_shapes[0] if ctx.out_shapes else None
+    src, dst = ctx.in_shape(), ctx.out_shape()
     rest = (B,) * (ctx.n_in - 1)
     sigs = []
     if src is not None and dst is not None:

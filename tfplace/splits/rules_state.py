@@ -31,7 +31,8 @@ def _read(ctx: OpContext) -> list[Signature]:
 
 @register(*ASSIGN_OPS)
 def _assign(ctx: OpContext) -> list[Signature]:
-    return [Signature((lay, lay), (), divided=lay.is_split) for lay in variable_layouts(ctx.rank(1))]
+    return [Signature((lay, lay), (), divided=lay.is_split)
+            for lay in variable_layouts(ctx.rank(1))]
 
 
 @register(*APPLY_OPS)

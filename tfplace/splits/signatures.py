@@ -12,8 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 from tfplace.errors import PlanError
 from tfplace.splits.layout import B, Layout
 
-__all__ = ["Shape", "LOCAL_KINDS", "OpContext", "Signature", "Rule", "RULES", "register", "signatures",
-           "find_signature", "fits", "format_signature"]
+__all__ = ["Shape", "LOCAL_KINDS", "OpContext", "Signature", "Rule", "RULES", "register",
+           "signatures", "find_signature", "fits", "format_signature"]
 
 Shape = tuple[int, ...]
 DT_RESOURCE = 20
@@ -47,6 +47,12 @@ class OpContext:
     in_dtypes: tuple[int, ...] = ()
     in_layouts: tuple[Layout, ...] | None = None
     in_ops: tuple[str, ...] = ()              # the producers' op types
+
+    def in_shape(self, i: int = 0) -> Shape | None:
+        return self.in_shapes[i] if i < len(self.in_shapes) else None
+
+    def out_shape(self, k: int = 0) -> Shape | None:
+        return self.out_shapes[k] if k < len(self.out_shapes) else None
 
     def rank(self, i: int) -> int | None:
         s = self.in_shapes[i] if i < len(self.in_shapes) else None
@@ -137,7 +143,8 @@ def format_signature(op: str, sig: Signature) -> str:
     return text + (f" [{sig.local}]" if sig.local else "")
 
 
-def find_signature(ctx: OpContext, inputs: Sequence[Layout | str], n: int | None = None) -> Signature:
+def find_signature(ctx: OpContext, inputs: Sequence[Layout | str],
+                   n: int | None = None) -> Signature:
     """The signature taking exactly `inputs`; PlanError naming the op and what it supports."""
     from tfplace.splits.layout import parse_layout
     want = tuple(parse_layout(x) for x in inputs)
@@ -151,4 +158,6 @@ def find_signature(ctx: OpContext, inputs: Sequence[Layout | str], n: int | None
                     "another way, or leave them unsplit (B)")
 
 
-from tfplace.splits import rules_linear, rules_pointwise, rules_shape, rules_state  # noqa: E402,F401  (register)
+# the rule modules register themselves
+from tfplace.splits import (rules_linear, rules_pointwise, rules_shape,  # noqa: E402,F401
+                            rules_state)

@@ -71,6 +71,9 @@ def test_node_attrs_reads_transposes_and_constant_axes(mlp) -> None:
                                                                    "transpose_b": True}
     assert attrs["mean_squared_error/Mean/reduction_indices"] == {"value": (-1,)}
     assert attrs["mean_squared_error/Mean"] == {"keep_dims": False}
+    # a multi-element constant comes packed in tensor_content
+    assert attrs["gradient_tape/mean_squared_error/Reshape_1/shape"] == {"value": (16, 1)}
+    assert attrs["gradient_tape/mean_squared_error/Tile_1/multiples"] == {"value": (1, 4)}
 
 
 def test_transformer_megatron_block_keeps_two_forward_all_reduces() -> None:

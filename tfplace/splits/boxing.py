@@ -10,7 +10,8 @@ bandwidth-optimal ring algorithms:
                                                              i != j: all_to_all (n-1)/n^2 T
 
 all_to_all: a device holds T/n, keeps the 1/n of it that stays, and sends the other (n-1)/n
-of its shard, (n-1)/n * T/n = (n-1)T/n^2. zeros: device 0 keeps the value and the others hold
+of its shard, (n-1)/n * T/n = (n-1)T/n^2. Slicing alone reaches S(j) only from a tensor that
+holds the j-slice whole, i.e. from B; on one group of n an S(i) shard never does (i != j). zeros: device 0 keeps the value and the others hold
 zeros, which sum to it. pad_zeros: each device places its slice in a zero tensor of full shape.
 Costlier routes (all_gather then slice, all_reduce then slice) are weighed and lose; on one
 device every conversion is the identity.

@@ -92,6 +92,11 @@ def test_layer_names_resolve_to_their_weights() -> None:
         "dense_3/kernel": S(1)}
     assert resolve_splits("dense_3:S(1)", ["model/dense_3/kernel"]) == {
         "model/dense_3/kernel": S(1)}
+    assert resolve_splits("dense_3/kernel:S(1)", ["model/dense_3/kernel"]) == {
+        "model/dense_3/kernel": S(1)}
+    # a bias that is not the weight's trailing axes stays whole
+    assert resolve_splits("odd:S(1)", ["odd/kernel", "odd/bias"],
+                          shapes={"odd/kernel": (4, 6), "odd/bias": (4,)}) == {"odd/kernel": S(1)}
 
 
 def test_unknown_names_list_close_ones_all_at_once() -> None:

@@ -101,8 +101,9 @@ def resolve_splits(spec: SplitSpec, variable_names: Sequence[str], *,
 
 def _targets(key: str, layout: Layout, known: set[str], names: list[str],
              shapes: Mapping[str, Sequence[int]] | None) -> list[tuple[str, Layout]]:
-    if key in known:
-        return [(key, layout)]
+    exact = _find(key, known, names)
+    if exact is not None:
+        return [(exact, layout)]
     for weight in LAYER_WEIGHTS:
         var = _find(f"{key}/{weight}", known, names)
         if var is None:
@@ -111,9 +112,10 @@ def _targets(key: str, layout: Layout, known: set[str], names: list[str],
         bias = _find(f"{key}/bias", known, names)
         if bias is not None and shapes is not None and var in shapes and bias in shapes \
                 and layout.is_split:
-            axis = layout.axis - (len(shapes[var]) - len(shapes[bias]))
-            if axis >= 0:                   # the bias matches the weight's trailing axes
-                found.append((bias, S(axis)))
+            weight_shape, bias_shape = tuple(shapes[var]), tuple(shapes[bias])
+            axis = layout.axis - (len(weight_shape) - len(bias_shape))
+            if axis >= 0 and weight_shape[-len(bias_shape):] == bias_shape:
+                found.append((bias, S(axis)))   # the bias has the weight's trailing axes
         return found
     return []
 

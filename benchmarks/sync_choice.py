@@ -79,7 +79,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Iterator
+from typing import Any, Iterator
 from _procs import children as _children, kill_children as _kill_children  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -365,11 +365,15 @@ def calibrate_child(a: argparse.Namespace) -> None:
             with tf.device(d):
                 tiny.append(tf.Variable([1.0]))
         big: dict[int, list] = {}
+        flow: dict[tuple[int, int, int], Any] = {}     # (size, i, j): what w_i sends w_j
         for size in (CAL_SMALL, CAL_BIG):
             big[size] = []
-            for d in devices:
+            for i, d in enumerate(devices):
                 with tf.device(d):
                     big[size].append(tf.Variable(tf.ones([size // 4])))
+                    for j in range(n):
+                        if j != i:      # a tensor of its own per flow: nothing can be shared
+                            flow[(size, i, j)] = tf.Variable(tf.fill([size // 4], float(j)))
 
         def chain(hops: int):
             @tf.function
@@ -397,7 +401,7 @@ def calibrate_child(a: argparse.Namespace) -> None:
                 got = []
                 for i in range(1, k + 1):
                     with tf.device(devices[i]):
-                        got.append(tf.reduce_sum(tf.identity(big[size][0].read_value())))
+                        got.append(tf.reduce_sum(tf.identity(flow[(size, 0, i)].read_value())))
                 with tf.device(devices[0]):
                     return tf.add_n(got)
             return f
@@ -428,7 +432,8 @@ def calibrate_child(a: argparse.Namespace) -> None:
                     for j in range(m):
                         if i != j:
                             with tf.device(devices[j]):
-                                got.append(tf.reduce_sum(tf.identity(big[size][i].read_value())))
+                                got.append(tf.reduce_sum(
+                                    tf.identity(flow[(size, i, j)].read_value())))
                 with tf.device(devices[0]):
                     return tf.add_n(got)
             return f

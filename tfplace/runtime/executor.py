@@ -96,12 +96,10 @@ class Executor:
         return specs
 
     def _resource_consumers(self) -> list[str]:
+        """The ops touching a moved variable (its reads, writes and optimizer updates)."""
         moved = {node for node, orig, placed in self.pairs if placed is not orig}
-        out = []
-        for n in self.graph_def.node:
-            if any(i.split(":")[0].lstrip("^") in moved for i in n.input):
-                out.append(n.name)
-        return out
+        return [n.name for n in self.graph_def.node
+                if any(i.split(":")[0].lstrip("^") in moved for i in n.input)]
 
     def _body(self, *flat: Any) -> list[Any]:
         import tensorflow as tf
@@ -118,13 +116,17 @@ class Executor:
         got = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
                                              return_elements=wanted, name="tfplace")
         outputs = list(got[:len(c.outputs)])
-        consumer_ops = list(got[len(c.outputs):])
         if self.writeback == "step":
-            with tf.control_dependencies(consumer_ops):
-                copies = self._write_back_ops()
-            if copies:
-                with tf.control_dependencies(copies):
-                    outputs = [tf.identity(o) for o in outputs]
+            # each copy waits only for the ops on its own variable, so the copies of layers
+            # updated early overlap with the rest of the step (the step returns after all)
+            after: dict[str, list[Any]] = {}
+            for op in got[len(c.outputs):]:
+                for t in op.inputs:
+                    if t.dtype == tf.resource:
+                        after.setdefault(t.name, []).append(op)
+            deps = {node: after.get(g.capture(placed.handle).name, [])
+                    for node, _o, placed in self.pairs}
+            self._write_back_ops(deps)
         return outputs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -142,33 +144,24 @@ class Executor:
                              "applied: restart the workers and retry") from e
         return self.captured.pack_outputs(out)
 
-    def _write_back_ops(self) -> list[Any]:
-        """Assign ops copying the placed values into the user's variables. Plain copies are
-        packed per (source device, destination device, dtype) into one flat tensor, so a step
-        pays one transfer per device pair instead of one per variable (and optimizer slot)."""
+    def _write_back_ops(self, deps: dict[str, list[Any]] | None = None) -> list[Any]:
+        """Assign ops copying the placed values into the user's variables; in a step, each
+        after ``deps[node]`` (the ops on that variable)."""
         import tensorflow as tf
+        deps = deps or {}
         ops = []
-        packs: dict[tuple[str, str, Any], list[tuple[Any, Any]]] = {}
         for node, orig, placed in self.pairs:
             if placed is orig or not _is_primary(node):
                 continue
             if id(orig) in self.sums:
-                total = tf.add_n([p.read_value() for p in self.sums[id(orig)][1]])
+                reps = [(n, p) for n, o, p in self.pairs if o is orig]
+                with tf.control_dependencies([d for n, _p in reps for d in deps.get(n, [])]):
+                    total = tf.add_n([p.read_value() for _n, p in reps])
                 ops.append(orig.assign(total, read_value=False))
             else:
-                packs.setdefault((placed.device, orig.device, orig.dtype), []).append(
-                    (orig, placed))
-        for (src, dst, _dtype), pairs in packs.items():
-            if len(pairs) == 1 or not all(o.shape.is_fully_defined() for o, _p in pairs):
-                ops += [o.assign(p.read_value(), read_value=False) for o, p in pairs]
-                continue
-            with tf.device(src):
-                flat = tf.concat([tf.reshape(p.read_value(), [-1]) for _o, p in pairs], 0)
-            with tf.device(dst):
-                sizes = [int(o.shape.num_elements()) for o, _p in pairs]
-                pieces = tf.split(flat, sizes)
-                for (orig, _p), piece in zip(pairs, pieces):
-                    ops.append(orig.assign(tf.reshape(piece, orig.shape), read_value=False))
+                with tf.control_dependencies(deps.get(node, [])):
+                    value = placed.read_value()
+                ops.append(orig.assign(value, read_value=False))
         return ops
 
     def write_back(self) -> None:

@@ -69,7 +69,12 @@ if [ ${#cached[@]} -gt 0 ] && [ "${HOROVOD_REBUILD:-0}" != 1 ]; then
     exit 0
 fi
 
-command -v cmake >/dev/null || die "cmake (>= 3.13) is required to build horovod; install it (apt-get install cmake)"
+if ! command -v cmake >/dev/null; then     # a bare machine: cmake's PyPI wheel, into the venv
+    say "cmake not found; installing it from PyPI into the venv"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check "cmake>=3.13" \
+        || die "cmake (>= 3.13) is required to build horovod; install it (apt-get install cmake)"
+    export PATH="$(dirname "$PYTHON"):$PATH"
+fi
 command -v "${CXX:-g++}" >/dev/null || die "a C++17 compiler is required (g++ >= 9); install it (apt-get install g++)"
 
 # 1. The sdist (cached; checked against the published sha256).

@@ -35,6 +35,28 @@ def build(kind: str):
         h = L.Embedding(50, 8)(inp)
         h = L.GlobalAveragePooling1D()(h)
         out = L.Dense(4)(L.Dense(16, activation="relu")(h))
+    elif kind == "mlp8":                      # pipeline tests: 8 Dense layers
+        h = inp = keras.Input((12,))
+        for i in range(7):
+            h = L.Dense(24, activation="tanh" if i % 2 else "relu")(h)
+        out = L.Dense(4)(h)
+    elif kind == "encoder4":                  # pipeline tests: 4 Transformer encoder blocks
+        h = inp = keras.Input((8, 16))
+        for _ in range(4):
+            a = L.MultiHeadAttention(num_heads=2, key_dim=8)(h, h)
+            h = L.LayerNormalization()(h + a)
+            f = L.Dense(32, activation="relu")(h)
+            f = L.Dense(16)(f)
+            h = L.LayerNormalization()(h + f)
+        h = L.GlobalAveragePooling1D()(h)
+        out = L.Dense(4)(h)
+    elif kind == "mlp_bn":                    # batch statistics: differ per micro-batch
+        inp = keras.Input((12,))
+        h = L.Dense(24)(inp)
+        h = L.BatchNormalization()(h)
+        h = L.Activation("relu")(h)
+        h = L.Dense(24, activation="relu")(h)
+        out = L.Dense(4)(h)
     else:
         raise ValueError(kind)
     return keras.Model(inp, out, name=kind)
@@ -45,7 +67,8 @@ def data(kind: str, batch: int = 16, seed: int = 0):
     if kind == "embedding":
         x = rng.integers(0, 50, size=(batch, 6)).astype("int32")
         return x, rng.standard_normal((batch, 4)).astype("float32")
-    shape = {"mlp": (12,), "cnn": (12, 12, 3), "transformer": (8, 16)}[kind]
+    shape = {"mlp": (12,), "cnn": (12, 12, 3), "transformer": (8, 16), "mlp8": (12,),
+             "encoder4": (8, 16), "mlp_bn": (12,)}[kind]
     x = rng.standard_normal((batch, *shape)).astype("float32")
     y = rng.standard_normal((batch, 4)).astype("float32")
     return x, y
@@ -66,7 +89,7 @@ def optimizer(model):
     steps; any change in summation order (another device) then changes those weights
     completely. SGD with momentum keeps that noise at its true, negligible size."""
     import keras
-    if model.name == "transformer":
+    if model.name in ("transformer", "encoder4"):
         return keras.optimizers.SGD(learning_rate=5e-2, momentum=0.9)
     return keras.optimizers.Adam(learning_rate=1e-2)
 

@@ -1,0 +1,177 @@
+"""Pipeline-parallel planning glue: a captured micro-batch step -> stages -> a placed Plan.
+
+The step is captured on ONE micro-batch (global batch / M). Its layers become units
+(``pipeline.units_from_dag``), ``pipeline.plan_pipeline`` cuts them into K stages, and every op
+goes to its stage's device: forward ops by unit, ``gradient_tape/...`` ops with their forward
+unit, optimizer updates with their gradient's (= their variable's) unit. The result is an
+ordinary Plan (the placement pass and the executor apply unchanged) with ``Plan.pipeline`` set;
+``pipeline_spec`` tells the rewrite (``rewrite.pipeline``) what to unroll.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+from tfplace.cluster import Cluster
+from tfplace.errors import PlanError
+from tfplace.plan import Plan
+
+__all__ = ["plan_pipeline_step", "pipeline_spec", "micro_batch", "check_options"]
+
+PLACER = "pipeline"
+
+
+def check_options(stages: Any, micro_batches: Any, schedule: str) -> None:
+    """PlanError for a bad K, M or schedule name, before anything is traced."""
+    from tfplace.pipeline.schedules import check_shape, get_schedule
+    get_schedule(schedule)
+    check_shape(1 if stages == "auto" else stages, micro_batches)
+
+
+def micro_batch(args: tuple, micro_batches: int) -> tuple[tuple, int]:
+    """The first micro-batch of every batch-major argument and the global batch; PlanError
+    (with the sizes that would work) when M does not divide the batch."""
+    import tensorflow as tf
+    from tfplace.pipeline.partition import split_batch
+    leaves = [a for a in tf.nest.flatten(args) if hasattr(a, "shape") and len(a.shape) >= 1]
+    if not leaves:
+        raise PlanError("pipeline parallelism needs at least one batch-major tensor argument "
+                        "to split into micro-batches")
+    batch = int(leaves[0].shape[0])
+    per = split_batch(batch, micro_batches)
+
+    def cut(a: Any) -> Any:
+        if hasattr(a, "shape") and len(a.shape) >= 1 and int(a.shape[0]) == batch:
+            return a[:per]
+        return a
+    return tf.nest.map_structure(cut, args), batch
+
+
+def _scaled(units: Sequence[Any], m: int) -> tuple[Any, ...]:
+    """Units costed on one micro-batch -> on the global batch (what plan_pipeline expects)."""
+    return tuple(dataclasses.replace(u, flops=u.flops * m, out_bytes=u.out_bytes * m,
+                                     grad_bytes=u.grad_bytes * m, stash_bytes=u.stash_bytes * m)
+                 for u in units)
+
+
+def plan_pipeline_step(captured: Any, cluster: Cluster, *, stages: int | str,
+                       micro_batches: int, schedule: str = "1f1b",
+                       stage_boundaries: Sequence[str] | str | None = None,
+                       global_batch: int | None = None,
+                       layer_names: Sequence[str] | None = None,
+                       calibration: Any = None) -> Plan:
+    """Stages over ``cluster``'s devices (one device each) and the placement they imply."""
+    from tfplace.analysis import analyse
+    from tfplace.costs import Calibration
+    from tfplace.memory import device_peaks
+    from tfplace.pipeline import plan_pipeline, units_from_dag
+    from tfplace.planner import cut_edges, graph_fingerprint
+    from tfplace.plan import DeviceUsage, OpPlacement, VariablePlacement
+    from tfplace.schedule_sim import durations, simulate
+    if not captured.gradients:
+        raise PlanError("pipeline parallelism needs a training step that calls "
+                        "tf.GradientTape.gradient; this step computes no gradients")
+    check_options(stages, micro_batches, schedule)
+    dag = analyse(captured.graph_def, captured.variables)
+    if global_batch is None:
+        global_batch = _captured_batch(captured) * micro_batches or None
+    units = _scaled(units_from_dag(dag, layer_names=layer_names), micro_batches)
+    pipe = plan_pipeline(units, cluster.without_runtime(), stages=stages,
+                         micro_batches=micro_batches, schedule=schedule,
+                         stage_boundaries=stage_boundaries, global_batch=global_batch)
+    placement = pipe.placement()
+    missing = [n.name for n in dag.nodes if n.name not in placement]
+    if missing:
+        raise PlanError(f"{len(missing)} ops belong to no pipeline stage (first: {missing[:3]}); "
+                        "this is a tfplace bug: report it with the step")
+    calibration = calibration or Calibration()
+    peaks = device_peaks(dag, placement, cluster)
+    dur = durations(dag, cluster, calibration)
+    pos = {d: i for i, d in enumerate(cluster.names)}
+    usage = []
+    for d, dev in enumerate(cluster.devices):
+        mine = [i for i, n in enumerate(dag.nodes) if pos[placement[n.name]] == d]
+        usage.append(DeviceUsage(
+            device=dev.name, ops=len(mine), flops=math.fsum(dag.nodes[i].flops for i in mine),
+            param_bytes=peaks[dev.name][0], peak_bytes=peaks[dev.name][1],
+            capacity_bytes=dev.memory, busy_seconds=math.fsum(dur[d][i] for i in mine)))
+    variables = tuple(sorted(
+        (VariablePlacement(node=v.node, name=str(v.name), device=placement[v.node],
+                           bytes=int(v.nbytes), shape=tuple(int(s) for s in v.shape),
+                           dtype=str(v.dtype)) for v in captured.variables),
+        key=lambda v: (v.node, v.name)))
+    return Plan(cluster=cluster.without_runtime(), placer=PLACER,
+                ops=tuple(OpPlacement(n, placement[n]) for n in sorted(placement)),
+                variables=variables, cut_edges=cut_edges(dag, placement), usage=tuple(usage),
+                predicted_step_seconds=pipe.predicted_step_seconds or
+                simulate(dag, placement, cluster, calibration),
+                graph_fingerprint=graph_fingerprint(captured.graph_def), pipeline=pipe)
+
+
+def _captured_batch(captured: Any) -> int:
+    """The leading dimension of the step's first batch-major argument (0 when none)."""
+    nodes = {n.name: n for n in captured.graph_def.node}
+    for name in captured.inputs:
+        dims = nodes[name].attr["shape"].shape.dim
+        if dims and dims[0].size > 0:
+            return int(dims[0].size)
+    return 0
+
+
+def _variable_device(nodes: dict[str, Any], consumers: dict[str, list[str]], mark: str,
+                     placement: dict[str, str]) -> str:
+    """The device of the variable a gradient updates: the first resource placeholder written
+    downstream of the mark (breadth first), else the mark's own device."""
+    seen, todo = {mark}, [mark]
+    while todo:
+        nxt = []
+        for name in todo:
+            for c in consumers.get(name, ()):
+                node = nodes[c]
+                if node.op != "ReadVariableOp" and node.input:
+                    src = nodes.get(node.input[0].lstrip("^").split(":")[0])
+                    if src is not None and src.op == "Placeholder" and \
+                            src.attr["dtype"].type == 20:
+                        return placement[src.name]
+                if c not in seen:
+                    seen.add(c)
+                    nxt.append(c)
+        todo = nxt
+    return placement[mark]
+
+
+def pipeline_spec(plan: Plan, captured: Any) -> Any:
+    """The micro-batch unrolling as a ReplicationSpec: M copies on the SAME devices, each
+    gradient reduced alone (sum x 1/M) on its variable's stage device, "ps" so the optimizer
+    runs once per step on the accumulated gradient."""
+    from tfplace.rewrite.replicate import ReplicationSpec
+    pipe = plan.pipeline
+    if pipe is None:
+        raise PlanError("pipeline_spec needs a plan with a pipeline (plan.pipeline is None)")
+    gd = captured.graph_def
+    nodes = {n.name: n for n in gd.node}
+    consumers: dict[str, list[str]] = {}
+    for n in gd.node:
+        for inp in n.input:
+            if not inp.startswith("^"):
+                consumers.setdefault(inp.split(":")[0], []).append(n.name)
+    placement = plan.placement()
+    shard = None
+    batch: list[str] = []
+    shared: list[str] = []
+    for name in captured.inputs:
+        dims = nodes[name].attr["shape"].shape.dim
+        lead = int(dims[0].size) if dims else None
+        if shard is None and lead:
+            shard = lead
+        (batch if lead is not None and lead == shard else shared).append(name)
+    dense = [m.node for m in captured.gradients if not m.sparse]
+    devices = tuple(s.devices[0] for s in pipe.stages)
+    return ReplicationSpec(
+        groups=(devices,) * pipe.micro_batches, batch_inputs=tuple(batch),
+        shared_inputs=tuple(shared), outputs=captured.outputs,
+        dense=tuple((m,) for m in dense),
+        sparse=tuple((m.node, m.indices) for m in captured.gradients if m.sparse),
+        method="ps",
+        ps_targets=tuple(_variable_device(nodes, consumers, m, placement) for m in dense))

@@ -1,0 +1,130 @@
+"""The pipeline pass: M micro-batch copies of the placed step on the stages' devices, gradients
+accumulated on each variable's stage, one optimizer update per step, and every stage's work
+serialised in its schedule order by control edges.
+
+    x (global) -> Split(M) -> tfplace_r0/... (micro-batch 0) ... tfplace_r{M-1}/...
+    grad mark m: r0 .. r{M-1} -> AddN x 1/M on the variable's stage device -> optimizer (once)
+    reads of copy r > 0 -> copies of copy 0's reads (every micro-batch sees the same weights)
+
+Stage s runs the segments of its schedule order one after the other (1F1B, K=2, M=2)::
+
+    stage 0:  F0 -> F1 -> B0 -> B1          segment = the ops of one micro-batch copy on the
+    stage 1:  F0 -> B0 -> F1 -> B1          stage, forward (F) or backward (B)
+
+    [ops of F0] --^--> NoOp tfplace_pipeline/stage1/F0 --^--> [first ops of B0] ...
+
+No loop dispatches micro-batches: each device runs its own part as TF dataflow, in that order.
+The optimizer updates (the flush) and everything downstream of a gradient mark are in no
+segment: they run once every micro-batch's gradient has arrived.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from tfplace.errors import GraphError
+from tfplace.rewrite import replicate
+
+__all__ = ["apply", "segments", "SCOPE", "GRADIENT_SCOPE", "done_name"]
+
+SCOPE = "tfplace_pipeline"
+GRADIENT_SCOPE = "gradient_tape/"
+
+
+def done_name(stage: int, op: Any) -> str:
+    """The NoOp that completes segment ``op`` (e.g. ("F", 2)) of ``stage``."""
+    return f"{SCOPE}/stage{stage}/{op[0]}{op[1]}"
+
+
+def _src(inp: str) -> str:
+    return inp.lstrip("^").split(":")[0]
+
+
+def _closure(start: Iterable[str], succ: dict[str, list[str]]) -> set[str]:
+    seen = set(start)
+    todo = list(seen)
+    while todo:
+        for nxt in succ.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int], list[str]]:
+    """(stage, "F"|"B", micro-batch) -> names of that segment's ops in ``graph_def`` (the
+    unrolled graph). Backward = ``gradient_tape/`` ops and what depends on them; ops at or
+    after a gradient mark (the sync and the update) are in no segment."""
+    succ: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for inp in n.input:
+            succ.setdefault(_src(inp), []).append(n.name)
+    names = {n.name for n in graph_def.node}
+    marks = [replicate.replica_name(r, m) for r in range(len(spec.groups))
+             for m in [*(x for b in spec.dense for x in b), *(x for p in spec.sparse for x in p)]]
+    flush = _closure([m for m in marks if m in names], succ)
+    backward = _closure([n.name for n in graph_def.node
+                         if n.name.partition("/")[2].startswith(GRADIENT_SCOPE)], succ)
+    stage_of = {s.devices[0]: s.index for s in pipe.stages}
+    out: dict[tuple[int, str, int], list[str]] = {}
+    for n in graph_def.node:
+        head, _, _ = n.name.partition("/")
+        if not head.startswith("tfplace_r") or not head[9:].isdigit() or n.name in flush \
+                or n.op == "Placeholder":          # fed by the runtime: must not be run
+            continue
+        s = stage_of.get(n.device)
+        if s is None:
+            continue
+        kind = "B" if n.name in backward else "F"
+        out.setdefault((s, kind, int(head[9:])), []).append(n.name)
+    return out
+
+
+def apply(graph_def: Any, spec: Any, pipe: Any) -> Any:
+    """The unrolled, schedule-ordered GraphDef; ``graph_def`` (placed) is not modified."""
+    out = replicate.apply(graph_def, spec)
+    segs = segments(out, spec, pipe)
+    nodes = {n.name: n for n in out.node}
+    for s, order in enumerate(pipe.orders()):
+        device = pipe.stages[s].devices[0]
+        prev: str | None = None
+        for op in order:
+            ops = segs.get((s, op.kind, op.micro_batch), [])
+            if not ops:
+                continue
+            if prev is not None:
+                members = set(ops)
+                for name in ops:
+                    node = nodes[name]
+                    if not any(_src(i) in members for i in node.input):   # a segment root
+                        node.input.append(f"^{prev}")
+            done = out.node.add()
+            done.name, done.op, done.device = done_name(s, op), "NoOp", device
+            done.input.extend(f"^{name}" for name in ops)
+            prev = done.name
+    _check_acyclic(out)
+    return out
+
+
+def _check_acyclic(graph_def: Any) -> None:
+    """GraphError naming a few nodes on a cycle if the order edges made one (a planning bug:
+    the schedule disagrees with the step's dataflow)."""
+    preds = {n.name: {_src(i) for i in n.input} for n in graph_def.node}
+    succ: dict[str, list[str]] = {}
+    for name, ps in preds.items():
+        for p in ps:
+            succ.setdefault(p, []).append(name)
+    left = {name: len(ps) for name, ps in preds.items()}
+    ready = [name for name, k in left.items() if k == 0]
+    seen = 0
+    while ready:
+        name = ready.pop()
+        seen += 1
+        for c in succ.get(name, ()):
+            left[c] -= 1
+            if left[c] == 0:
+                ready.append(c)
+    if seen < len(left):
+        stuck = sorted(name for name, k in left.items() if k > 0)
+        raise GraphError(f"the pipeline schedule order makes a cycle with the step's dataflow "
+                         f"({len(stuck)} ops stuck, e.g. {stuck[:4]}); this is a tfplace bug: "
+                         "report it with the step and schedule")

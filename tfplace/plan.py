@@ -8,6 +8,7 @@ from tfplace.cluster import Cluster
 
 if TYPE_CHECKING:
     from tfplace.pipeline.value import PipelinePlan
+    from tfplace.splits.splitplan import SplitPlan
 
 __all__ = ["OpPlacement", "VariablePlacement", "CutEdge", "DeviceUsage", "GradientSyncPlan",
            "Bucket", "Plan", "FORMAT_VERSION"]
@@ -83,6 +84,7 @@ class Plan:
     sync: GradientSyncPlan | None = None
     buckets: tuple[Bucket, ...] = ()
     pipeline: "PipelinePlan | None" = None     # pipeline parallelism: stages, queues, schedule
+    splits: "SplitPlan | None" = None          # model-parallel splits: split ops, boxing, shards
 
     # -- queries ------------------------------------------------------------------------------
     def placement(self) -> dict[str, str]:
@@ -139,6 +141,8 @@ class Plan:
                          for b in self.buckets)
         if self.pipeline is not None:
             p.pipeline.CopyFrom(self.pipeline.to_proto())
+        if self.splits is not None:
+            p.split_plan.CopyFrom(self.splits.to_proto())
         return p
 
     @classmethod
@@ -163,7 +167,8 @@ class Plan:
                    replicas=tuple(tuple(r.devices) for r in p.replicas),
                    sync=_sync_from_proto(p.sync) if p.HasField("sync") else None,
                    buckets=tuple(Bucket(tuple(b.gradients), int(b.bytes)) for b in p.buckets),
-                   pipeline=_pipeline_from_proto(p.pipeline) if p.HasField("pipeline") else None)
+                   pipeline=_pipeline_from_proto(p.pipeline) if p.HasField("pipeline") else None,
+                   splits=_splits_from_proto(p.split_plan) if p.HasField("split_plan") else None)
 
     def to_bytes(self) -> bytes:
         return bytes(self.to_proto().SerializeToString(deterministic=True))
@@ -197,6 +202,12 @@ def _sync_from_proto(s: Any) -> GradientSyncPlan:
                             exposed_seconds=float(s.exposed_seconds))
 
 
+def _splits_from_proto(p: Any) -> "SplitPlan":
+    from tfplace.splits.splitplan import SplitPlan
+    return SplitPlan.from_proto(p)
+
+
 def _pipeline_from_proto(p: Any) -> "PipelinePlan":
     from tfplace.pipeline.value import PipelinePlan
+    from tfplace.splits.splitplan import SplitPlan
     return PipelinePlan.from_proto(p)

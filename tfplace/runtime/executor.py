@@ -48,6 +48,8 @@ class Executor:
         devices = tuple(sorted({n.device for n in graph_def.node if n.device}))
         prepare(self.cluster, devices)
         self.pairs: list[tuple[str, Any, Any]] = []      # (placeholder, user's var, placed var)
+        # id(user's var) -> (var, axis, shard placeholders in order): model-parallel splits
+        self.shards: dict[int, tuple[Any, int, list[str]]] = {}
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
         sum_ids = {id(v) for v in sum_variables}
@@ -55,6 +57,9 @@ class Executor:
             if node.op != "Placeholder" or node.name in captured.inputs:
                 continue
             base = _base_name(node.name)
+            if "_tfplace_shard_of" in node.attr:       # shard i of a split variable
+                self._add_shard(node, captured)
+                continue
             if base.startswith("tfplace_token/"):      # a collective's per-device ordering token
                 with tf.device(node.device):
                     self.tokens.append((node.name, tf.Variable(0.0, trainable=False)))
@@ -82,6 +87,24 @@ class Executor:
         self._consumers = self._resource_consumers()
         self._fn = tf.function(self._body, input_signature=self._input_specs())
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
+
+    def _add_shard(self, node: Any, captured: Captured) -> None:
+        """A variable on the placeholder's device holding its slice of the user's variable."""
+        import tensorflow as tf
+        base = node.attr["_tfplace_shard_of"].s.decode()
+        axis, index = node.attr["_tfplace_shard_axis"].i, node.attr["_tfplace_shard_index"].i
+        count = node.attr["_tfplace_shard_count"].i
+        orig = captured.bindings.get(base)
+        if orig is None:
+            raise GraphError(f"shard placeholder {node.name!r} stands for {base!r}, which is "
+                             "not a variable of the step")
+        with tf.device(node.device):
+            placed = tf.Variable(tf.split(orig.read_value(), count, axis)[index],
+                                 trainable=orig.trainable,
+                                 name=f"{base.replace('/', '_')}_shard{index}_tfplace")
+        self.pairs.append((node.name, orig, placed))
+        entry = self.shards.setdefault(id(orig), (orig, axis, [""] * count))
+        entry[2][index] = node.name
 
     def _input_specs(self) -> list[Any]:
         """The arguments' specs, read off the rewritten graph (global shapes after replication)."""
@@ -150,8 +173,14 @@ class Executor:
         import tensorflow as tf
         deps = deps or {}
         ops = []
+        placed_of = {node: placed for node, _o, placed in self.pairs}
+        for orig, axis, nodes in self.shards.values():     # the whole value, gathered
+            with tf.control_dependencies([d for n in nodes for d in deps.get(n, [])]):
+                whole = tf.concat([placed_of[n].read_value() for n in nodes], axis)
+            ops.append(orig.assign(whole, read_value=False))
+        sharded = {n for _o, _a, nodes in self.shards.values() for n in nodes}
         for node, orig, placed in self.pairs:
-            if placed is orig or not _is_primary(node):
+            if placed is orig or not _is_primary(node) or node in sharded:
                 continue
             if id(orig) in self.sums:
                 reps = [(n, p) for n, o, p in self.pairs if o is orig]
@@ -173,8 +202,12 @@ class Executor:
         """Copy the user's variables into the placed ones (after the user assigned to them);
         an accumulator's value goes to replica 0 and the other replicas restart from zero."""
         import tensorflow as tf
+        placed_of = {node: placed for node, _o, placed in self.pairs}
+        for orig, axis, nodes in self.shards.values():     # re-sliced
+            for n, piece in zip(nodes, tf.split(orig.read_value(), len(nodes), axis)):
+                placed_of[n].assign(piece)
         for node, orig, placed in self.pairs:
-            if placed is orig:
+            if placed is orig or id(orig) in self.shards:
                 continue
             if id(orig) in self.sums and not _is_primary(node):
                 placed.assign(tf.zeros_like(placed))

@@ -1,0 +1,59 @@
+"""Model-parallel splits glue: a plan with its SplitPlan, and the split rewrite of a placed step."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tfplace.capture import Captured
+from tfplace.errors import PlanError
+from tfplace.plan import Plan
+
+__all__ = ["plan_splits", "apply_splits", "TOKEN_PREFIX"]
+
+TOKEN_PREFIX = "split"
+
+
+def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
+    """``plan`` with the SplitPlan of ``spec`` (dict, "dense_1:S(1);..." string) over all the
+    cluster's devices."""
+    from tfplace.analysis import analyse
+    from tfplace.splits import node_attrs, parse_split_spec, propagate, resolve_splits
+    if plan.num_replicas > 1 or plan.pipeline is not None:
+        raise PlanError("splits together with data_parallel or pipeline stages are not "
+                        "supported yet; use splits alone (data_parallel=1, no pipeline)")
+    if parse_split_spec(spec) == "auto":
+        raise PlanError('splits="auto" is not wired to the runtime yet; name the splits, e.g. '
+                        'splits="dense_1:S(1);dense_2:S(0)"')
+    names = [v.name for v in captured.variables]
+    resolved = resolve_splits(spec, names, shapes={v.name: v.shape for v in captured.variables})
+    dag = analyse(captured.graph_def, captured.variables)
+    split_plan = propagate(dag, resolved, devices=plan.cluster.names,
+                           variables=captured.variables, attrs=node_attrs(captured.graph_def),
+                           outputs=captured.outputs)
+    return dataclasses.replace(plan, splits=split_plan)
+
+
+def apply_splits(placed: Any, plan: Plan, captured: Captured, *,
+                 collectives: bool = False) -> Any:
+    """The split pass on the placed GraphDef (P -> B by CollectiveReduceV2 when
+    ``collectives``, else by dataflow AddN)."""
+    from tfplace.rewrite import splits
+    if plan.splits is None:
+        return placed
+    reduce = _collective_all_reduce if collectives else None
+    return splits.apply(placed, plan.splits, outputs=captured.outputs, collective=reduce)
+
+
+def _collective_all_reduce(b: Any, parts: list[str], devices: tuple[str, ...],
+                           dtype: int) -> list[str]:
+    """A sum over the group by TF's CollectiveReduceV2, one per device (allreduce.collective's
+    ordering tokens)."""
+    from tfplace.rewrite.allreduce import collective
+    from tfplace.rewrite.replicate import _stable_key
+    n = len(parts)
+    key = _stable_key(TOKEN_PREFIX, *parts)
+    sums = collective(b, parts, devices, 0, dtype, 1.0 / n,
+                      group_key=_stable_key(TOKEN_PREFIX, *devices), instance_key=key)
+    for name in sums:                   # collective() builds a mean; the boxing needs the sum
+        b._node(name).attr["final_op"].s = b"Id"
+    return sums

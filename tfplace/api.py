@@ -10,7 +10,15 @@ from tfplace.errors import ClusterError, PlanError
 from tfplace.plan import Plan
 
 __all__ = ["parallelize", "ParallelFunction", "plan_captured", "rewrite_captured", "compile_step",
-           "load_source", "run_source"]
+           "load_source", "run_source", "pipeline_options"]
+
+
+class PipelineOptions(TypedDict, total=False):
+    """The pipeline keywords the front doors keep and pass on to compile_step."""
+    stages: int | str
+    micro_batches: int
+    schedule: str
+    stage_boundaries: Any
 
 
 class SyncOptions(TypedDict):
@@ -47,6 +55,10 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
     if plan.splits is not None:
         from tfplace.split_parallel import apply_splits
         return apply_splits(placed, plan, captured, collectives=collectives)
+    if plan.pipeline is not None:
+        from tfplace.pipeline_parallel import pipeline_spec
+        from tfplace.rewrite import pipeline
+        return pipeline.apply(placed, pipeline_spec(plan, captured), plan.pipeline)
     if plan.num_replicas > 1:
         from tfplace.data_parallel import replication_spec
         from tfplace.rewrite import horovod, replicate
@@ -62,14 +74,23 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
 def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
                  writeback: str = "step", calibration: Any = None,
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
-                 fusion_bytes: int | None = None, sum_variables: Any = (),
-                 splits: Any = None) -> Any:
+                 fusion_bytes: int | None = None, sum_variables: Any = (), splits: Any = None,
+                 pipeline: PipelineOptions | None = None,
+                 layer_names: Any = None) -> Any:
     """Plan, rewrite and load a captured step; returns the runtime Executor.
 
     With ``data_parallel`` > 1 the step must have been captured on ONE replica's share of the
-    batch (see ``data_parallel.shard_args``); the executor then takes the global batch."""
+    batch (see ``data_parallel.shard_args``); the executor then takes the global batch. So must
+    a ``pipeline`` step on one micro-batch (``pipeline_parallel.micro_batch``)."""
     from tfplace.runtime.executor import Executor
-    if data_parallel == 1:
+    if pipeline is not None:
+        from tfplace.pipeline_parallel import plan_pipeline_step
+        if data_parallel != 1:
+            raise PlanError(f"pipeline_stages with data_parallel={data_parallel!r} is not "
+                            "supported yet; use data_parallel=1 with a pipeline")
+        plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
+                                  calibration=calibration)
+    elif data_parallel == 1:
         plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
     else:
         from tfplace.data_parallel import plan_data_parallel
@@ -119,7 +140,8 @@ class ParallelFunction:
     def __init__(self, fn: Callable[..., Any], *, cluster: Cluster, placer: str = "m_etf",
                  writeback: str = "step", calibration: Any = None, data_parallel: Any = 1,
                  sync: str = "auto", sync_backend: str = "tf",
-                 fusion_bytes: int | None = None, splits: Any = None) -> None:
+                 fusion_bytes: int | None = None, pipeline: PipelineOptions | None = None,
+                 splits: Any = None) -> None:
         from tfplace.data_parallel import replica_total
         from tfplace.placers import get_placer
         get_placer(placer)                      # fail fast on an unknown name
@@ -127,6 +149,7 @@ class ParallelFunction:
         self.cluster, self.placer, self.writeback = cluster, placer, writeback
         self.calibration = calibration
         self.splits = splits
+        self.pipeline = pipeline_options(pipeline)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
@@ -138,14 +161,17 @@ class ParallelFunction:
         key = _signature_key(args, kwargs)
         ex = self._executors.get(key)
         if ex is None:
-            if self.data_parallel > 1:
+            if self.pipeline is not None:
+                from tfplace.pipeline_parallel import micro_batch
+                (args, kwargs), _ = micro_batch((args, kwargs), self.pipeline["micro_batches"])
+            elif self.data_parallel > 1:
                 from tfplace.data_parallel import shard_args
                 (args, kwargs), _ = shard_args((args, kwargs), self.data_parallel)
             captured = capture(self.python_function, args, kwargs)
             ex = compile_step(captured, self.cluster, placer=self.placer,
                               writeback=self.writeback, calibration=self.calibration,
-                              data_parallel=self.data_parallel, splits=self.splits,
-                              **self.sync_options)
+                              data_parallel=self.data_parallel, pipeline=self.pipeline,
+                              splits=self.splits, **self.sync_options)
             self._executors[key] = ex
         self._last = ex
         return ex
@@ -180,10 +206,27 @@ class ParallelFunction:
             ex.refresh()
 
 
+def pipeline_options(options: Any = None, **kwargs: Any) -> PipelineOptions | None:
+    """The front doors' pipeline keywords as PipelineOptions, checked (PlanError on a bad K, M
+    or schedule), or None without pipeline stages."""
+    opts = dict(options or {}, **kwargs)
+    if opts.get("stages") is None:
+        return None
+    from tfplace.pipeline_parallel import check_options
+    out: PipelineOptions = {"stages": opts["stages"],
+                            "micro_batches": opts.get("micro_batches", 1),
+                            "schedule": opts.get("schedule", "1f1b"),
+                            "stage_boundaries": opts.get("stage_boundaries")}
+    check_options(out["stages"], out["micro_batches"], out["schedule"])
+    return out
+
+
 def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
                 placer: str = "m_etf", writeback: str = "step", calibration: Any = None,
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
-                fusion_bytes: int | None = None, splits: Any = None) -> Any:
+                fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
+                micro_batches: int = 1, schedule: str = "1f1b",
+                stage_boundaries: Any = None, splits: Any = None) -> Any:
     """Decorator (or call) that runs a training step statically placed on ``cluster``.
 
     ``writeback="step"`` keeps the user's variables current after every step; ``"manual"``
@@ -194,12 +237,18 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     N = ``data_parallel`` = the process count; ``cluster`` is each process's own devices.
     ``splits={"dense_1/kernel": "S(1)"}`` or ``"dense_1:S(1);dense_2:S(0)"`` splits those
     variables (and the ops on them) over all the cluster's devices (model parallelism).
+    ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
+    run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
+    (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.
     """
+    pipe = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
+                            schedule=schedule, stage_boundaries=stage_boundaries)
+
     def wrap(f: Callable[..., Any]) -> ParallelFunction:
         return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,
                                 calibration=calibration, data_parallel=data_parallel,
                                 sync=sync, sync_backend=sync_backend, fusion_bytes=fusion_bytes,
-                                splits=splits)
+                                pipeline=pipe, splits=splits)
     return wrap if fn is None else wrap(fn)
 
 

@@ -246,17 +246,21 @@ def test_blocked_dequeues_do_not_starve_a_producer(backend: str) -> None:
     # condition variable in a pool thread could leave none for the producer.
     ch = Channel(capacity=1, dtypes=[tf.int32], shapes=[[]], backend=backend)
     take = tf.function(lambda: ch.dequeue()[0])
-    consumers = [_Thread(take) for _ in range(8)]
-    for c in consumers:
-        c.start()
-    time.sleep(0.3)
     put = tf.function(lambda i: ch.enqueue([i]))
-    for i in range(8):
-        put(tf.constant(i))
-    for c in consumers:
-        c.join(5)
-    assert all(not c.is_alive() and c.error is None for c in consumers)
-    assert sorted(int(c.result) for c in consumers) == list(range(8))
+    consumers = [_Thread(take) for _ in range(8)]
+    producer = _Thread(lambda: [put(tf.constant(i)) for i in range(8)])
+    try:
+        for c in consumers:
+            c.start()
+        time.sleep(0.3)
+        producer.start()
+        for th in [producer, *consumers]:
+            th.join(5)
+        assert not producer.is_alive() and producer.error is None
+        assert all(not c.is_alive() and c.error is None for c in consumers)
+        assert sorted(int(c.result) for c in consumers) == list(range(8))
+    finally:
+        ch.close("test over")                          # frees anything left waiting
 
 
 def test_same_name_with_another_spec_is_an_error() -> None:
@@ -296,3 +300,29 @@ def test_version_mismatch_says_make_ops(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(BackendError, match=rf"built for TensorFlow {tf.version.VERSION} but "
                                            r"TensorFlow 9\.9\.9 is running: run `make ops`"):
         channel_mod._load(path)
+
+
+def test_a_failing_op_in_the_step_cancels_a_blocked_dequeue(backend: str) -> None:
+    # The step's cancellation must reach the waiter (else this function would hang), and the
+    # cancelled waiter must not swallow a later item. `gate` delays the failure until the
+    # dequeue on `ch` (a different resource, so not ordered after it) is waiting.
+    ch = _ch(backend, name=f"cancel_{backend}")
+    gate = Channel(capacity=1, dtypes=[tf.float32], shapes=[[]], backend=backend)
+
+    @tf.function
+    def step():
+        (x,) = ch.dequeue()                          # blocks: nothing is enqueued on ch here
+        (v,) = gate.dequeue()
+        return x, tf.debugging.check_numerics(tf.math.log(v), "stage failed")
+
+    t = _Thread(step)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive()
+    gate.enqueue([-1.0])                             # log(-1) = nan: the step fails
+    t.join(5)
+    assert not t.is_alive()
+    assert isinstance(t.error, tf.errors.InvalidArgumentError) and "stage failed" in t.error.message
+    ch.enqueue([[7.0, 8.0]])
+    assert int(ch.size()) == 1
+    assert ch.dequeue()[0].numpy().tolist() == [7.0, 8.0]

@@ -274,9 +274,20 @@ def test_same_name_with_another_spec_is_an_error() -> None:
 
 
 def test_invalid_options_report_every_problem() -> None:
-    with pytest.raises(PlanError, match=r"capacity=0: give a positive int.*1 shape\(s\) for 2 "
-                                        r"dtype\(s\)"):
-        Channel(capacity=0, dtypes=[tf.float32, tf.int32], shapes=[[2]], backend="fifo")
+    with pytest.raises(PlanError) as info:
+        Channel(capacity=0, dtypes=[tf.float32, tf.int32], shapes=[[2]], backend="fifo",
+                name="stage 0 -> 1")
+    assert str(info.value) == (
+        "invalid channel stage 0 -> 1:\n"
+        "  - capacity=0: give a positive int (items in flight)\n"
+        "  - 1 shape(s) for 2 dtype(s): give one shape per component (None for a dimension "
+        "that varies)")
+
+
+def test_any_name_works(backend: str) -> None:
+    ch = _ch(backend, name="stage 0 -> 1 (activations)")
+    ch.enqueue([[1.0, 2.0]])
+    assert ch.dequeue()[0].numpy().tolist() == [1.0, 2.0]
 
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

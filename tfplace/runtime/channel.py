@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tfplace.errors import BackendError, PlanError
+from tfplace.errors import BackendError, PlanError, bullets
 
 __all__ = ["Channel", "BACKENDS", "library_path", "load_ops", "resolve_backend"]
 
@@ -143,7 +143,7 @@ class Channel:
             problems.append(f"{len(shapes)} shape(s) for {len(dtypes)} dtype(s): give one shape "
                             "per component (None for a dimension that varies)")
         if problems:
-            raise PlanError("invalid channel " + (name or "") + ": " + "; ".join(problems))
+            raise PlanError(bullets(f"invalid channel {name or ''}".rstrip() + ":", problems))
         self.capacity = capacity
         self.dtypes = tuple(tf.as_dtype(d) for d in dtypes)
         self.shapes = tuple(tf.TensorShape(s) for s in shapes)
@@ -154,15 +154,16 @@ class Channel:
             device = _current_device() or None
         with tf.init_scope(), tf.device(device):
             if self.backend == "op":
-                self._handle = load_ops().tfplace_channel(
+                self._ops = load_ops()
+                self._handle = self._ops.tfplace_channel(
                     capacity=capacity, component_types=list(self.dtypes),
-                    shapes=list(self.shapes), shared_name=self.name, name=self.name)
+                    shapes=list(self.shapes), shared_name=self.name)
                 self.device: str = self._handle.device
             else:
                 defined = all(s.is_fully_defined() for s in self.shapes)
                 self._queue = tf.queue.FIFOQueue(
                     capacity, list(self.dtypes), shapes=list(self.shapes) if defined else None,
-                    shared_name=self.name, name=self.name)
+                    shared_name=self.name)
                 self.device = self._queue.queue_ref.device
 
     def __repr__(self) -> str:
@@ -175,7 +176,7 @@ class Channel:
         values = self._check(components)
         with self._restore_error():
             if self.backend == "op":
-                load_ops().tfplace_channel_enqueue(self._handle, values)
+                self._ops.tfplace_channel_enqueue(self._handle, values)
             else:
                 self._queue.enqueue(values)
 
@@ -183,7 +184,7 @@ class Channel:
         """Remove and return the oldest tuple, as a list of tensors; waits while it is empty."""
         with self._restore_error():
             if self.backend == "op":
-                return list(load_ops().tfplace_channel_dequeue(
+                return list(self._ops.tfplace_channel_dequeue(
                     self._handle, component_types=list(self.dtypes), shapes=list(self.shapes)))
             out = self._queue.dequeue()
             return list(out) if isinstance(out, (list, tuple)) else [out]
@@ -193,7 +194,7 @@ class Channel:
         with ``AbortedError`` carrying ``error``. Only the first close counts."""
         import tensorflow as tf
         if self.backend == "op":
-            load_ops().tfplace_channel_close(self._handle, error or "")
+            self._ops.tfplace_channel_close(self._handle, error or "")
             return
         if error and self._error is None:
             self._error = error
@@ -204,7 +205,7 @@ class Channel:
     def size(self) -> Any:
         """Items queued now (an int32 scalar tensor); waiting enqueues are not counted."""
         if self.backend == "op":
-            return load_ops().tfplace_channel_size(self._handle)
+            return self._ops.tfplace_channel_size(self._handle)
         return self._queue.size()
 
     def _check(self, components: Any) -> list[Any]:

@@ -189,6 +189,25 @@ def test_graceful_close_drains_then_ends(backend: str) -> None:
         ch.dequeue()
 
 
+def test_graceful_close_wakes_waiters_with_end_of_stream(backend: str) -> None:
+    full = _ch(backend, capacity=1)
+    full.enqueue([[1.0, 1.0]])
+    empty = _ch(backend)
+    waiters = [_Thread(lambda: full.enqueue([[2.0, 2.0]])), _Thread(empty.dequeue)]
+    for w in waiters:
+        w.start()
+    time.sleep(0.3)
+    assert all(w.is_alive() for w in waiters)
+    full.close()
+    empty.close()
+    for w in waiters:
+        w.join(2)
+    assert not any(w.is_alive() for w in waiters)
+    assert isinstance(waiters[0].error, tf.errors.CancelledError)
+    assert isinstance(waiters[1].error, tf.errors.OutOfRangeError)
+    assert full.dequeue()[0].numpy().tolist() == [1.0, 1.0]   # queued before the close: kept
+
+
 def test_inside_tf_function_producer_and_consumer_threads(backend: str) -> None:
     ch = Channel(capacity=2, dtypes=[tf.float32, tf.int32], shapes=[[4], []], backend=backend)
     n = 10

@@ -140,8 +140,7 @@ class Executor:
                                              return_elements=wanted, name="tfplace")
         outputs = list(got[:len(c.outputs)])
         if self.writeback == "step":
-            # each copy waits only for the ops on its own variable, so the copies of layers
-            # updated early overlap with the rest of the step (the step returns after all)
+            # the copies wait for the ops on the variables they copy (the step returns after all)
             after: dict[str, list[Any]] = {}
             for op in got[len(c.outputs):]:
                 for t in op.inputs:
@@ -168,11 +167,14 @@ class Executor:
         return self.captured.pack_outputs(out)
 
     def _write_back_ops(self, deps: dict[str, list[Any]] | None = None) -> list[Any]:
-        """Assign ops copying the placed values into the user's variables; in a step, each
-        after ``deps[node]`` (the ops on that variable)."""
+        """Assign ops copying the placed values into the user's variables; in a step, after
+        ``deps[node]`` (the ops on that variable). Plain copies are packed per (source device,
+        destination device, dtype) into one flat tensor: one transfer per device pair and step
+        instead of one per variable and optimizer slot (each costs the client CPU time)."""
         import tensorflow as tf
         deps = deps or {}
         ops = []
+        packs: dict[tuple[str, str, Any], list[tuple[str, Any, Any]]] = {}
         placed_of = {node: placed for node, _o, placed in self.pairs}
         for orig, axis, nodes in self.shards.values():     # the whole value, gathered
             with tf.control_dependencies([d for n in nodes for d in deps.get(n, [])]):
@@ -188,9 +190,19 @@ class Executor:
                     total = tf.add_n([p.read_value() for _n, p in reps])
                 ops.append(orig.assign(total, read_value=False))
             else:
-                with tf.control_dependencies(deps.get(node, [])):
-                    value = placed.read_value()
-                ops.append(orig.assign(value, read_value=False))
+                packs.setdefault((placed.device, orig.device, orig.dtype), []).append(
+                    (node, orig, placed))
+        for (src, dst, _dtype), group in packs.items():
+            with tf.control_dependencies([d for n, _o, _p in group for d in deps.get(n, [])]):
+                if len(group) == 1 or not all(o.shape.is_fully_defined() for _n, o, _p in group):
+                    ops += [o.assign(p.read_value(), read_value=False) for _n, o, p in group]
+                    continue
+                with tf.device(src):
+                    flat = tf.concat([tf.reshape(p.read_value(), [-1]) for _n, _o, p in group], 0)
+            with tf.device(dst):
+                pieces = tf.split(flat, [int(o.shape.num_elements()) for _n, o, _p in group])
+                for (_n, orig, _p), piece in zip(group, pieces):
+                    ops.append(orig.assign(tf.reshape(piece, orig.shape), read_value=False))
         return ops
 
     def write_back(self) -> None:

@@ -76,13 +76,14 @@ class _SplitPass:
         self.converted: dict[tuple[str, Layout], list[str]] = {}
         self.whole: dict[tuple[str, str], str] = {}
         self.sharded: set[str] = set()            # original nodes replaced by shards
+        self.replaced = set(self.vars) | {o.name for o in plan.ops if not _all_whole(o)}
 
     # -- driver -------------------------------------------------------------------------------
     def run(self, outputs: Sequence[str]) -> Any:
         for node in _topological(self.src):
             if node.name in self.vars:
                 self._split_variable(node)
-            elif node.name in self.ops:
+            elif node.name in self.ops and not _all_whole(self.ops[node.name]):
                 self._split_op(node, self.ops[node.name])
             else:
                 self._whole_op(node)
@@ -155,7 +156,7 @@ class _SplitPass:
         c.input.extend(self._controls(node, None))
         if "_class" in c.attr:
             keep = [v for v in c.attr["_class"].list.s
-                    if (v.decode() if isinstance(v, bytes) else v)[5:] not in self.sharded]
+                    if (v.decode() if isinstance(v, bytes) else v)[5:] not in self.replaced]
             del c.attr["_class"].list.s[:]
             c.attr["_class"].list.s.extend(keep)
             if not keep:
@@ -219,6 +220,9 @@ class _SplitPass:
             return names[self.devices.index(device)] if device in self.devices else names[0]
         if self.dtype(t) == 20:
             raise GraphError(f"op on {device} reads split variable handle {t!r} whole")
+        if have.is_partial and self.boxer.collective is not None:   # one all-reduce, shared
+            names = [self._read(t, B, k) for k in range(self.n)]
+            return names[self.devices.index(device)] if device in self.devices else names[0]
         key = (t, device)
         if key not in self.whole:
             if have.is_split:
@@ -248,13 +252,19 @@ class _SplitPass:
         return [int(d.size) for d in shapes[k].dim]
 
 
+def _all_whole(op: SplitOp) -> bool:
+    """An op listed with only B layouts runs once, as a whole op: n copies of an update of a
+    whole variable would apply it n times."""
+    return not op.local and all(lay == B for lay in op.inputs + op.outputs)
+
+
 def _split_ref(t: str) -> tuple[str, int]:
     name, _, k = t.rpartition(":")
     return name, int(k)
 
 
 def _dtype(node: Any, k: int) -> int:
-    for key in ("T", "dtype", "out_type", "DstT", "Tout", "output_type"):
+    for key in ("T", "dtype", "Tparams", "out_type", "DstT", "Tout", "output_type"):
         if key in node.attr:
             attr = node.attr[key]
             if attr.list.type:

@@ -100,6 +100,17 @@ def _full_shape(ctx: ShardContext) -> None:
         values, scalar = [math.prod(ctx.full_shape(ctx.input_tensor(0)))], True
     elif node.op == "Rank":
         values, scalar, out_type = [len(ctx.full_shape(ctx.input_tensor(0)))], True, DT_INT32
+    elif node.op == "ShapeN":                  # one constant per input, then IdentityN
+        consts = [ctx.int_const("full_shape", ctx.full_shape(ctx.input_tensor(i)), out_type)
+                  for i in range(len([x for x in node.input if not x.startswith("^")]))]
+        controls = [x for x in c.input if x.startswith("^")]
+        c.op = "IdentityN"
+        del c.input[:]
+        c.input.extend(consts + controls)
+        for key in list(c.attr):
+            del c.attr[key]
+        c.attr["T"].list.type.extend([out_type] * len(consts))
+        return
     else:
         raise GraphError(f"{node.op} ({node.name!r}) of a split tensor is not supported yet")
     controls = [x for x in c.input if x.startswith("^")]
@@ -146,8 +157,8 @@ def _masked_values(ctx: ShardContext, values: str, valid: str, dtype: int) -> st
     node.attr["SrcT"].type, node.attr["DstT"].type = DT_BOOL, dtype
     node.attr["Truncate"].b = False
     expanded = b.add("mask_rows", "ExpandDims", [mask, ctx.int_const("last", [-1], DT_INT32,
-                                                                      True)], dev, T=dtype,
-                     Tdim=DT_INT32)
+                                                                      True)], dev, T=dtype)
+    b._node(expanded).attr["Tdim"].type = DT_INT32
     return b.add("masked", "Mul", [values, expanded], dev, T=dtype)
 
 

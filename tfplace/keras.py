@@ -25,12 +25,17 @@ class _ParallelizeImpl:
 
     def __init__(self, *, cluster: Cluster, placer: str = "m_etf", calibration: Any = None,
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
-                 fusion_bytes: int | None = None) -> None:
+                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
+                 micro_batches: int = 1, schedule: str = "1f1b",
+                 stage_boundaries: Any = None) -> None:
         super().__init__()
+        from tfplace.api import pipeline_options
         from tfplace.data_parallel import replica_total
         from tfplace.placers import get_placer
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
+        self.pipeline = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
+                                         schedule=schedule, stage_boundaries=stage_boundaries)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
@@ -46,7 +51,12 @@ class _ParallelizeImpl:
             from tfplace.api import compile_step
             from tfplace.capture import capture_keras_train_step
             shard = data
-            if self.data_parallel > 1:
+            layer_names = None
+            if self.pipeline is not None:       # captured on one micro-batch, units = layers
+                from tfplace.pipeline_parallel import micro_batch
+                (shard,), _ = micro_batch((data,), self.pipeline["micro_batches"])
+                layer_names = [layer.name for layer in self.model.layers]
+            elif self.data_parallel > 1:
                 from tfplace.data_parallel import shard_args
                 (shard,), _ = shard_args((data,), self.data_parallel)
             captured = capture_keras_train_step(self.model, shard)
@@ -55,7 +65,8 @@ class _ParallelizeImpl:
             self.executor = compile_step(captured, self.cluster, placer=self.placer,
                                          writeback="step", calibration=self.calibration,
                                          data_parallel=self.data_parallel,
-                                         sum_variables=metric_vars, **self.sync_options)
+                                         sum_variables=metric_vars, pipeline=self.pipeline,
+                                         layer_names=layer_names, **self.sync_options)
         return self.executor(data)
 
     def on_train_begin(self, logs: Any = None) -> None:
@@ -93,14 +104,18 @@ _cls: type | None = None
 
 def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = None,
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
-                fusion_bytes: int | None = None) -> Any:
+                fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
+                micro_batches: int = 1, schedule: str = "1f1b",
+                stage_boundaries: Any = None) -> Any:
     """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change.
 
     The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
-    yields are the global batches, split across the replicas."""
+    yields are the global batches, split across the replicas; with ``pipeline_stages`` each
+    batch is split into ``micro_batches`` and the stages follow the model's layers."""
     global _cls
     if _cls is None:
         _cls = type("Parallelize", (_ParallelizeImpl, _callback_base()), {"__module__": __name__})
     return _cls(cluster=cluster, placer=placer, calibration=calibration,
                 data_parallel=data_parallel, sync=sync, sync_backend=sync_backend,
-                fusion_bytes=fusion_bytes)
+                fusion_bytes=fusion_bytes, pipeline_stages=pipeline_stages,
+                micro_batches=micro_batches, schedule=schedule, stage_boundaries=stage_boundaries)

@@ -119,24 +119,30 @@ def _captured_batch(captured: Any) -> int:
     return 0
 
 
-def _variable_device(nodes: dict[str, Any], consumers: dict[str, list[str]], mark: str,
-                     placement: dict[str, str]) -> str:
+def _variable_device(nodes: dict[str, Any], consumers: dict[str, list[tuple[str, int]]],
+                     mark: str, placement: dict[str, str]) -> str:
     """The device of the variable a gradient updates: the first resource placeholder written
-    downstream of the mark (breadth first), else the mark's own device."""
-    seen, todo = {mark}, [mark]
+    downstream of the mark (breadth first; an IdentityN passes input k to output k only, as
+    Keras passes all gradients through one), else the mark's own device."""
+    seen, todo = {f"{mark}:0"}, [f"{mark}:0"]
     while todo:
         nxt = []
-        for name in todo:
-            for c in consumers.get(name, ()):
+        for tensor in todo:
+            for c, pos in consumers.get(tensor, ()):
                 node = nodes[c]
                 if node.op != "ReadVariableOp" and node.input:
                     src = nodes.get(node.input[0].lstrip("^").split(":")[0])
                     if src is not None and src.op == "Placeholder" and \
                             src.attr["dtype"].type == 20:
                         return placement[src.name]
-                if c not in seen:
-                    seen.add(c)
-                    nxt.append(c)
+                outs = [pos] if node.op == "IdentityN" else \
+                    range(max(1, len(node.attr["_output_shapes"].list.shape)
+                              if "_output_shapes" in node.attr else 1))
+                for k in outs:
+                    t = f"{c}:{k}"
+                    if t not in seen:
+                        seen.add(t)
+                        nxt.append(t)
         todo = nxt
     return placement[mark]
 
@@ -151,11 +157,11 @@ def pipeline_spec(plan: Plan, captured: Any) -> Any:
         raise PlanError("pipeline_spec needs a plan with a pipeline (plan.pipeline is None)")
     gd = captured.graph_def
     nodes = {n.name: n for n in gd.node}
-    consumers: dict[str, list[str]] = {}
+    consumers: dict[str, list[tuple[str, int]]] = {}
     for n in gd.node:
-        for inp in n.input:
-            if not inp.startswith("^"):
-                consumers.setdefault(inp.split(":")[0], []).append(n.name)
+        for pos, inp in enumerate(i for i in n.input if not i.startswith("^")):
+            src, _, k = inp.partition(":")
+            consumers.setdefault(f"{src}:{k or 0}", []).append((n.name, pos))
     placement = plan.placement()
     shard = None
     batch: list[str] = []

@@ -1,0 +1,166 @@
+"""K pipeline stages over M micro-batches equal the single-device full-batch step (1e-5 relative).
+
+Every test compares against the same model trained on one device on the whole batch:
+losses, weights and optimizer slots (``models.assert_same_training``). BatchNorm is the
+documented exception: its batch statistics are per micro-batch.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import models
+import tfplace
+from tfplace.errors import PlanError
+from tfplace.rewrite.pipeline import done_name
+
+K = 4
+
+
+def _base(name: str) -> str:
+    head, sep, rest = name.partition("/")
+    return rest if sep and head.startswith("tfplace_r") and head[9:].isdigit() else name
+
+
+def _check_graph(pstep) -> None:
+    """Every copied op runs on its stage's device, and each stage's segments are chained in the
+    schedule's order by NoOps."""
+    plan = pstep.plan
+    pipe = plan.pipeline
+    placement = plan.placement()
+    gd = pstep.executor.graph_def
+    nodes = {n.name: n for n in gd.node}
+    copied = [n for n in gd.node if n.name.startswith("tfplace_r") and _base(n.name) in placement]
+    assert len(copied) >= len(placement) * min(2, pipe.micro_batches) * 0.8
+    wrong = [(n.name, n.device) for n in copied if n.device != placement[_base(n.name)]]
+    assert not wrong, wrong[:5]
+    for v in plan.variables:                    # each variable once, on its layer's stage
+        assert nodes[f"tfplace_r0/{v.node}"].device == v.device
+    for s, order in enumerate(pipe.orders()):
+        dones = [done_name(s, op) for op in order]
+        assert all(nodes[d].op == "NoOp" and nodes[d].device == pipe.stages[s].devices[0]
+                   for d in dones)
+        for prev, nxt in zip(dones, dones[1:]):
+            ops = [i.lstrip("^") for i in nodes[nxt].input]
+            assert any(f"^{prev}" in nodes[o].input for o in ops), (prev, nxt)
+
+
+@pytest.mark.parametrize("kind,schedule,micro", [
+    ("mlp8", "gpipe", 1), ("mlp8", "gpipe", 4), ("mlp8", "gpipe", 8),
+    ("mlp8", "1f1b", 1), ("mlp8", "1f1b", 4), ("mlp8", "1f1b", 8),
+    ("encoder4", "1f1b", 4), ("encoder4", "gpipe", 8)])
+def test_pipeline_matches_single_device(kind, schedule, micro, local4):
+    ref, (model, step) = models.twin(kind)
+    pstep = tfplace.parallelize(step, cluster=local4, pipeline_stages=K, micro_batches=micro,
+                                schedule=schedule)
+    models.assert_same_training(ref, (model, pstep), kind=kind)
+    pipe = pstep.plan.pipeline
+    assert pipe.num_stages == K and pipe.micro_batches == micro and pipe.schedule == schedule
+    assert len({s.devices[0] for s in pipe.stages}) == K
+    # the optimizer slots trained the same way (Adam's m and v, SGD's momentum)
+    for a, b in zip(ref[0].step_optimizer.variables, model.step_optimizer.variables):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+    _check_graph(pstep)
+    summary = pstep.plan.summary()
+    assert "queues" in summary and "schedule" in summary
+
+
+def test_stage_boundaries_and_summary(local4):
+    from tfplace.capture import capture
+    from tfplace.pipeline_parallel import micro_batch, plan_pipeline_step
+    _ref, (model, step) = models.twin("mlp8")
+    (args, _kw), batch = micro_batch((models.data("mlp8"), {}), 2)
+    captured = capture(step, args)
+    plan = plan_pipeline_step(captured, local4, stages=2, micro_batches=2)
+    units = [u for s in plan.pipeline.stages for u in s.units]
+    plan = plan_pipeline_step(captured, local4, stages=2, micro_batches=2,
+                              stage_boundaries=[units[3]])
+    assert plan.pipeline.stages[1].units[0] == units[3]
+    assert plan.placer == "pipeline" and plan.pipeline.global_batch == batch == 16
+    assert plan.placement()[captured.inputs[0]] == plan.pipeline.stages[0].devices[0]
+    summary = plan.summary()
+    assert "s1" in summary and "F0" in summary and "capacity" in summary
+
+
+def test_fit_callback_matches_plain_fit(local4):
+    import keras
+    ref, got = models.build("mlp8"), models.build("mlp8")
+    got.set_weights(ref.get_weights())
+    for m in (ref, got):
+        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = models.data("mlp8", batch=64)
+    h_ref = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    cb = tfplace.keras.Parallelize(cluster=local4, pipeline_stages=K, micro_batches=4,
+                                   schedule="1f1b")
+    h_got = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
+    assert cb.plan.pipeline.num_stages == K
+    layers = {layer.name for layer in got.layers}
+    assert any(u in layers for s in cb.plan.pipeline.stages for u in s.units)
+    np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)
+    for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_batchnorm_differs_per_micro_batch(local4):
+    """BatchNorm normalises each micro-batch with its own statistics: documented, not silent.
+    One micro-batch equals the full-batch step; four do not."""
+    ref, (model, step) = models.twin("mlp_bn")
+    one = tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=1)
+    models.assert_same_training(ref, (model, one), kind="mlp_bn")
+    ref, (model, step) = models.twin("mlp_bn")
+    four = tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=4)
+    with pytest.raises(AssertionError):
+        models.assert_same_training(ref, (model, four), kind="mlp_bn")
+    diff = max(float(np.max(np.abs(a - b) / (np.abs(a) + 1e-3)))
+               for a, b in zip(ref[0].trainable_weights, model.trainable_weights))
+    assert diff > 1e-4
+
+
+def test_plan_errors(local4):
+    _ref, (_model, step) = models.twin("mlp8")
+    x, y = models.data("mlp8")              # a batch of 16
+    with pytest.raises(PlanError, match=r"5 stages need 5 devices but the cluster has 4"):
+        tfplace.parallelize(step, cluster=local4, pipeline_stages=5)(x, y)
+    with pytest.raises(PlanError, match=r"16 does not split into 3 .*\(1, 2, 4, 8, 16\)"):
+        tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=3)(x, y)
+    with pytest.raises(PlanError, match="unknown pipeline schedule 'zigzag'.*1f1b, gpipe"):
+        tfplace.parallelize(step, cluster=local4, pipeline_stages=2, schedule="zigzag")
+
+
+def _checked_model():
+    """mlp8 with an assertion inside its third layer: activations must stay below 1e3."""
+    import keras
+    import tensorflow as tf
+
+    class Checked(keras.layers.Layer):
+        def call(self, h):
+            ok = tf.reduce_all(tf.abs(h) < 1e3)
+            with tf.control_dependencies([tf.debugging.Assert(ok, ["activation too large"])]):
+                return tf.identity(h)
+
+    keras.utils.set_random_seed(7)
+    h = inp = keras.Input((12,))
+    for i in range(6):
+        h = keras.layers.Dense(24, activation="relu")(h)
+        if i == 3:
+            h = Checked()(h)
+    return keras.Model(inp, keras.layers.Dense(4)(h), name="checked")
+
+
+def test_error_inside_a_stage_fails_the_step(local4):
+    import tensorflow as tf
+    model = _checked_model()
+    step = models.make_step(model)
+    pstep = tfplace.parallelize(step, cluster=local4, pipeline_stages=K, micro_batches=4)
+    x, y = models.data("mlp8")
+    pstep(x, y)                                    # fine on ordinary inputs
+    placement = pstep.plan.placement()
+    asserts = [n for n in placement if n.endswith("/Assert") and "checked" in n]
+    assert asserts and placement[asserts[0]] != pstep.plan.pipeline.stages[0].devices[0]
+    start = time.monotonic()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="activation too large"):
+        pstep(x * 1e6, y)
+    assert time.monotonic() - start < 10
+    pstep(x, y)                                    # the next step runs again

@@ -261,18 +261,21 @@ def load_source(source: str, *, signature: str | None = None, batch_size: int = 
 def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: int = 5,
                batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
                sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
-               calibration: Any = None) -> list[float]:
+               calibration: Any = None, pipeline: PipelineOptions | None = None) -> list[float]:
     """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
 
     ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
     replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
-    the steps there, with the measured sync/backward overlap (``runtime.trace``)."""
+    the steps there, with the measured sync/backward overlap (``runtime.trace``). With a
+    ``pipeline`` the step is captured on one micro-batch."""
     from tfplace.data_parallel import replica_total
     replicas = replica_total(cluster, data_parallel, sync_backend)
-    captured, example = _capture_for_run(source, batch_size, replicas)
+    pipeline = pipeline_options(pipeline)
+    parts = pipeline["micro_batches"] if pipeline is not None else replicas
+    captured, example = _capture_for_run(source, batch_size, parts)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,
-                      fusion_bytes=fusion_bytes)
+                      fusion_bytes=fusion_bytes, pipeline=pipeline)
     if not trace:
         return [_scalar_loss(ex(*example)) for _ in range(steps)]
     from tfplace.runtime.trace import trace_ops, write_trace

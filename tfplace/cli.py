@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypedDict
 from tfplace.errors import BackendError, ClusterError, TfplaceError
 
 if TYPE_CHECKING:
-    from tfplace.api import SyncOptions
+    from tfplace.api import PipelineOptions, SyncOptions
     from tfplace.cluster import Cluster
     from tfplace.plan import Plan
 
@@ -121,6 +121,29 @@ def _shard_batch(args: argparse.Namespace, replicas: int) -> int:
     return split_batch(args.batch_size or DEFAULT_BATCH, replicas)[0]
 
 
+def _stages_arg(text: str) -> int | str:
+    """--pipeline-stages: K >= 1 or 'auto'."""
+    if text == "auto":
+        return text
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a stage count: pass K >= 1 or auto")
+    return int(text)
+
+
+def _pipeline_options(args: argparse.Namespace) -> "PipelineOptions | None":
+    """The pipeline flags as the core API's options (None without --pipeline-stages)."""
+    from tfplace.api import pipeline_options
+    bounds = args.stage_boundaries.split(",") if args.stage_boundaries else None
+    return pipeline_options(stages=args.pipeline_stages, micro_batches=args.micro_batches,
+                            schedule=args.schedule, stage_boundaries=bounds)
+
+
+def _micro_batch(args: argparse.Namespace, micro_batches: int, batch: int | None = None) -> int:
+    """One micro-batch of the global --batch-size (PlanError with the sizes that work)."""
+    from tfplace.pipeline.partition import split_batch
+    return split_batch(batch or args.batch_size or DEFAULT_BATCH, micro_batches)
+
+
 def _parse_task(spec: str) -> tuple[str, int]:
     m = re.fullmatch(r"([A-Za-z_][\w-]*):(\d+)", spec)
     if not m:
@@ -146,7 +169,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.calibration:                             # scales relative to the cluster's peak
             calibration = load_calibration(args.calibration,
                                            device_flops=cluster.devices[0].flops)
-        if replicas == 1:
+        pipeline = _pipeline_options(args)
+        if pipeline is not None:                         # capture one micro-batch
+            from tfplace.pipeline_parallel import plan_pipeline_step
+            opts = _source_options(args)
+            opts["batch_size"] = _micro_batch(args, pipeline["micro_batches"])
+            captured = load_source(args.source, **opts)
+            plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration)
+        elif replicas == 1:
             captured = load_source(args.source, **_source_options(args))
             plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
         else:                                            # capture one replica's share
@@ -172,6 +202,9 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     opts = _source_options(args)
     if plan.num_replicas > 1:                            # the plan was made on one replica's share
         opts["batch_size"] = _shard_batch(args, plan.num_replicas)
+    if plan.pipeline is not None:                        # ... or on one micro-batch
+        opts["batch_size"] = _micro_batch(args, plan.pipeline.micro_batches,
+                                          args.batch_size or plan.pipeline.global_batch)
     captured = load_source(args.source, **opts)
     graph_def = rewrite_captured(captured, plan)
     if is_text_path(args.out):
@@ -215,6 +248,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from tfplace.api import run_source
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
                             trace=args.trace, data_parallel=args.data_parallel,
+                            pipeline=_pipeline_options(args),
                             **_sync_options(args), **_batch_option(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
@@ -297,6 +331,20 @@ def _build_parser() -> argparse.ArgumentParser:
         g.add_argument("--fusion-bytes", type=_bytes_arg, metavar="N",
                        help="gradient bucket size in bytes (default: chosen by the planner)")
 
+    def pipeline_flags(p: argparse.ArgumentParser) -> None:
+        """--pipeline-stages, --micro-batches, --schedule, --stage-boundaries."""
+        from tfplace.pipeline.schedules import SCHEDULE_NAMES
+        g = p.add_argument_group("pipeline parallelism")
+        g.add_argument("--pipeline-stages", type=_stages_arg, metavar="K|auto",
+                       help="cut the step into K pipeline stages, one per device (auto: the "
+                       "planner picks K)")
+        g.add_argument("--micro-batches", type=int, default=1, metavar="M",
+                       help="micro-batches per global batch (default 1; must divide it)")
+        g.add_argument("--schedule", choices=SCHEDULE_NAMES, default="1f1b",
+                       help="pipeline schedule (default 1f1b)")
+        g.add_argument("--stage-boundaries", metavar="NAME,...",
+                       help="layers or ops that must start a stage, comma-separated")
+
     def source_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--signature", help="SavedModel signature to capture")
         p.add_argument("--batch-size", type=int, help="batch size to capture the step with")
@@ -311,6 +359,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="cost-model calibration written by `tfplace profile --out FILE`")
     source_options(p)
     dp_options(p)
+    pipeline_flags(p)
 
     p = add("rewrite", _cmd_rewrite, "apply a saved plan to SOURCE and write the placed GraphDef")
     p.add_argument("source", metavar="SOURCE")
@@ -328,6 +377,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="write an op-level Chrome trace (JSON) of the steps here and "
                    "print the measured overlap of gradient sync with backward")
     dp_options(p)
+    pipeline_flags(p)
 
     p = add("serve", _cmd_serve, "run one task of a multi-host cluster (blocks)")
     p.add_argument("--cluster", required=True, help="a cluster YAML with tasks, or tf_config")

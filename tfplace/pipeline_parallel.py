@@ -17,7 +17,8 @@ from tfplace.cluster import Cluster
 from tfplace.errors import PlanError
 from tfplace.plan import Plan
 
-__all__ = ["plan_pipeline_step", "pipeline_spec", "micro_batch", "check_options"]
+__all__ = ["plan_pipeline_step", "pipeline_spec", "micro_batch", "check_options",
+           "stage_devices"]
 
 PLACER = "pipeline"
 
@@ -46,6 +47,24 @@ def micro_batch(args: tuple, micro_batches: int) -> tuple[tuple, int]:
             return a[:per]
         return a
     return tf.nest.map_structure(cut, args), batch
+
+
+def stage_devices(cluster: Cluster, stages: int | str) -> list[str] | None:
+    """K devices in pipeline order, spread evenly over the cluster's tasks (workers) and
+    contiguous within each, so that only the task boundaries cross the network:
+    K=2 on 2 workers x 2 devices -> task0/CPU:0, task1/CPU:0. None for "auto" or when K does
+    not fit (plan_pipeline then uses every device in order and reports the problem)."""
+    tasks: dict[str, list[str]] = {}
+    for d in cluster.names:
+        tasks.setdefault(d.split("/device:")[0], []).append(d)
+    groups = list(tasks.values())
+    if stages == "auto" or not isinstance(stages, int) or not 1 <= stages <= len(cluster.names):
+        return None
+    per = [stages // len(groups) + (1 if i < stages % len(groups) else 0)
+           for i in range(len(groups))]
+    if any(n > len(g) for n, g in zip(per, groups)):
+        return None
+    return [d for g, n in zip(groups, per) for d in g[:n]]
 
 
 def _scaled(units: Sequence[Any], m: int) -> tuple[Any, ...]:
@@ -79,7 +98,8 @@ def plan_pipeline_step(captured: Any, cluster: Cluster, *, stages: int | str,
     units = _scaled(units_from_dag(dag, layer_names=layer_names), micro_batches)
     pipe = plan_pipeline(units, cluster.without_runtime(), stages=stages,
                          micro_batches=micro_batches, schedule=schedule,
-                         stage_boundaries=stage_boundaries, global_batch=global_batch)
+                         stage_boundaries=stage_boundaries, global_batch=global_batch,
+                         devices=stage_devices(cluster, stages))
     placement = pipe.placement()
     missing = [n.name for n in dag.nodes if n.name not in placement]
     if missing:

@@ -2,6 +2,8 @@
 losses and weights within 1e-5 relative (tests/models.py), each shard on its own device."""
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -95,3 +97,43 @@ def _reduced_tensors(graph_def) -> set[str]:
         if n.op == "CollectiveReduceV2" or (n.op == "AddN" and "all_reduce" in n.name):
             out.add(n.input[0].split("/", 2)[2].rsplit(":", 1)[0])
     return out
+
+
+def test_plan_summary_and_round_trip_list_the_splits(local4) -> None:
+    def spec(model):
+        d0, d1 = _layer(model, keras.layers.Dense, 0), _layer(model, keras.layers.Dense, 1)
+        return f"{d0.name}:S(1);{d1.name}:S(0)"
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, splits=spec(model))
+    plan = pstep.plan_for(*models.data("mlp"))
+    text = plan.summary()
+    assert "splits on 4 devices" in text
+    assert re.search(r"MatMul\s+\(B, S\(1\)\) -> \(S\(1\)\)", text)
+    assert re.search(r"P -> B\s+all_reduce\s+3072 B", text)        # 16x32 floats, 2(n-1)/n
+    again = tfplace.Plan.from_bytes(plan.to_bytes())
+    assert again.splits == plan.splits and again.to_bytes() == plan.to_bytes()
+
+
+def test_refresh_and_manual_write_back(local4) -> None:
+    """The user's variables hold the whole trained values (concatenated shards); assigning to
+    them and refresh() re-slices the shards."""
+    ref, (model, step) = models.twin("mlp")
+    d0 = _layer(model, keras.layers.Dense, 0)
+    pstep = tfplace.parallelize(step, cluster=local4, splits=f"{d0.name}:S(1)",
+                                writeback="manual")
+    x, y = models.data("mlp", seed=0)
+    ref[1](x, y)
+    pstep(x, y)
+    pstep.write_back()
+    for a, b in zip(ref[0].get_weights(), model.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    new = [w * 0.5 for w in ref[0].get_weights()]
+    ref[0].set_weights(new)
+    model.set_weights(new)
+    pstep.refresh()
+    for i in range(1, 3):
+        x, y = models.data("mlp", seed=i)
+        np.testing.assert_allclose(float(pstep(x, y)), float(ref[1](x, y)), rtol=1e-5)
+    pstep.write_back()
+    for a, b in zip(ref[0].get_weights(), model.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)

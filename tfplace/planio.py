@@ -125,6 +125,9 @@ def summary_table(plan: "Plan") -> str:
         lines += [""] + _data_parallel_lines(plan, plan.sync)
     if plan.pipeline is not None:
         lines += [""] + pipeline_lines(plan.pipeline)
+    if plan.splits is not None:
+        from tfplace.splits.summary import summary_table as splits_table
+        lines += ["", splits_table(plan.splits)]
     return "\n".join(lines)
 
 

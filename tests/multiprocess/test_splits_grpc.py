@@ -3,23 +3,50 @@ devices_per_worker=2) equal the plain step (1e-5 rel), each shard on its own wor
 from __future__ import annotations
 
 import keras
+import pytest
 
 import models
 import tfplace
 
 
-def test_mlp_split_over_grpc_workers(workers2):
-    ref, (model, step) = models.twin("mlp")
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    pstep = tfplace.parallelize(step, cluster=workers2,
-                                splits=f"{dense[0].name}:S(1);{dense[1].name}:S(0)")
-    models.assert_same_training(ref, (model, pstep), kind="mlp")
+def _layers(model, cls):
+    return [layer for layer in model.layers if isinstance(layer, cls)]
+
+
+def _mlp(model):
+    dense = _layers(model, keras.layers.Dense)
+    return f"{dense[0].name}:S(1);{dense[1].name}:S(0)"
+
+
+def _transformer(model):
+    mha = _layers(model, keras.layers.MultiHeadAttention)[0]
+    dense = _layers(model, keras.layers.Dense)
+    return ";".join([f"{mha.name}/{p}:S(1)" for p in ("query", "key", "value")]
+                    + [f"{mha.name}/attention_output:S(0)", f"{dense[0].name}:S(1)",
+                       f"{dense[1].name}:S(0)"])
+
+
+SPECS = {
+    "mlp": (_mlp, 4),
+    "embedding": (lambda m: f"{_layers(m, keras.layers.Embedding)[0].name}:S(0)", 2),
+    "cnn": (lambda m: f"{_layers(m, keras.layers.Conv2D)[0].name}:S(3)", 4),
+    "transformer": (_transformer, 2),
+}
+
+
+@pytest.mark.parametrize("kind", list(SPECS))
+def test_split_over_grpc_workers(kind, workers2):
+    spec, group = SPECS[kind]
+    ref, (model, step) = models.twin(kind)
+    pstep = tfplace.parallelize(step, cluster=workers2, splits=spec(model))
+    models.assert_same_training(ref, (model, pstep), kind=kind)
     ex = pstep.executor
     placed = {node: p for node, _o, p in ex.pairs}
+    assert ex.shards
     for orig, axis, nodes in ex.shards.values():
         devices = [placed[n].device for n in nodes]
-        assert len(set(devices)) == 4 and all(d.startswith("/job:worker/") for d in devices)
+        assert len(set(devices)) == group and all(d.startswith("/job:worker/") for d in devices)
         assert sum(placed[n].shape[axis] for n in nodes) == orig.shape[axis]
-    assert {d.split("/device:")[0] for _o, _a, nodes in ex.shards.values()
-            for d in (placed[n].device for n in nodes)} == {
-        "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"}
+        # the group spans both workers
+        assert {d.split("/device:")[0] for d in devices} == {
+            "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"}

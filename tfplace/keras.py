@@ -27,13 +27,14 @@ class _ParallelizeImpl:
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                  micro_batches: int = 1, schedule: str = "1f1b",
-                 stage_boundaries: Any = None) -> None:
+                 stage_boundaries: Any = None, splits: Any = None) -> None:
         super().__init__()
         from tfplace.api import pipeline_options
         from tfplace.data_parallel import replica_total
         from tfplace.placers import get_placer
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
+        self.splits = splits
         self.pipeline = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
                                          schedule=schedule, stage_boundaries=stage_boundaries)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
@@ -66,7 +67,8 @@ class _ParallelizeImpl:
                                          writeback="step", calibration=self.calibration,
                                          data_parallel=self.data_parallel,
                                          sum_variables=metric_vars, pipeline=self.pipeline,
-                                         layer_names=layer_names, **self.sync_options)
+                                         layer_names=layer_names, splits=self.splits,
+                                         **self.sync_options)
         return self.executor(data)
 
     def on_train_begin(self, logs: Any = None) -> None:
@@ -106,16 +108,18 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                 micro_batches: int = 1, schedule: str = "1f1b",
-                stage_boundaries: Any = None) -> Any:
+                stage_boundaries: Any = None, splits: Any = None) -> Any:
     """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change.
 
     The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
     yields are the global batches, split across the replicas; with ``pipeline_stages`` each
-    batch is split into ``micro_batches`` and the stages follow the model's layers."""
+    batch is split into ``micro_batches`` and the stages follow the model's layers; ``splits``
+    splits the named variables over the devices (model parallelism)."""
     global _cls
     if _cls is None:
         _cls = type("Parallelize", (_ParallelizeImpl, _callback_base()), {"__module__": __name__})
     return _cls(cluster=cluster, placer=placer, calibration=calibration,
                 data_parallel=data_parallel, sync=sync, sync_backend=sync_backend,
                 fusion_bytes=fusion_bytes, pipeline_stages=pipeline_stages,
-                micro_batches=micro_batches, schedule=schedule, stage_boundaries=stage_boundaries)
+                micro_batches=micro_batches, schedule=schedule, stage_boundaries=stage_boundaries,
+                splits=splits)

@@ -11,8 +11,10 @@ executor imports it under the ``tfplace/`` scope)::
 
     XSpace /host:CPU line (thread) --events--> node name --graph_def--> device --> Chrome "pid"
 
-Only the calling process is profiled: ops that run inside remote gRPC workers appear as the
-client's _Send/_Recv and remote-call events, not as the workers' kernels.
+``trace_ops`` profiles only the calling process: ops that run inside remote gRPC workers appear
+as the client's _Send/_Recv and remote-call events, not as the workers' kernels.
+``trace_workers`` profiles the workers themselves, through the profiler service that every
+``tf.distribute.Server`` hosts on its own gRPC port (all on one host: one clock).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from tfplace.errors import BackendError
 
 __all__ = ["OpTrace", "trace_ops", "trace_steps", "xspace_events", "overlap_report",
            "format_overlap", "op_kinds", "is_sync_op", "is_backward_op", "write_trace",
-           "IMPORT_SCOPE"]
+           "IMPORT_SCOPE", "trace_workers"]
 
 IMPORT_SCOPE = "tfplace"            # the name= the executor imports the rewritten graph under
 _ASYNC_START = "ExecutorState::ProcessAsync::Start"
@@ -321,6 +323,48 @@ def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
                 part = xplane_pb2.XSpace()
                 part.ParseFromString(f.read())
             space.planes.extend(part.planes)
+    result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
+
+
+def _read_xspace(logdir: str) -> Any:
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+    space = xplane_pb2.XSpace()
+    for path in glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")):
+        with open(path, "rb") as f:
+            part = xplane_pb2.XSpace()
+            part.ParseFromString(f.read())
+        space.planes.extend(part.planes)
+    return space
+
+
+@contextlib.contextmanager
+def trace_workers(addresses: Sequence[str], graph_def: Any, *, duration_ms: int,
+                  start_delay: float = 0.5) -> Iterator[OpTrace]:
+    """Profile the gRPC workers at ``addresses`` ("host:port") for ``duration_ms`` while the
+    block runs (the block should fit in that window, after ``start_delay`` seconds of set-up);
+    their kernels appear on the yielded OpTrace, one Chrome process per device."""
+    import threading
+    import tensorflow as tf
+    result = OpTrace()
+    failed: list[BaseException] = []
+    with tempfile.TemporaryDirectory(prefix="tfplace_trace_") as logdir:
+        def run() -> None:
+            try:
+                tf.profiler.experimental.client.trace(
+                    ",".join(f"grpc://{a}" for a in addresses), logdir, int(duration_ms))
+            except Exception as e:  # noqa: BLE001 - reported below, after the block
+                failed.append(e)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        import time
+        time.sleep(start_delay)
+        yield result
+        thread.join()
+        if failed:
+            raise BackendError(f"profiling the workers ({', '.join(addresses)}) failed: "
+                               f"{failed[0]}") from failed[0]
+        space = _read_xspace(logdir)
     result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
 
 

@@ -1,0 +1,467 @@
+"""Pipeline parallelism measured: bubble fraction and stashed micro-batches from an op-level trace
+of the workers, and the throughput of 2 stages on 2 core-pinned workers against 1 worker.
+
+    python benchmarks/pipeline.py [--rounds 2] [--steps 20] [--warmup 5] [--micro 8]
+                                  [--width 1024] [--batch 256] [--layers 8] [--quick]
+
+Configurations, each in its own subprocess (a process can connect to one gRPC cluster only), the
+whole set repeated ``--rounds`` times in alternating order; medians over all timed steps:
+
+  1 worker        launch_local(workers=1), placer="single": the whole step on one pinned core
+  2w gpipe M      launch_local(workers=2), pipeline_stages=2, micro_batches=M, schedule="gpipe"
+  2w 1f1b M       the same with schedule="1f1b"
+
+The workers are pinned one per core by launch_local; the client (which feeds the batch and
+receives the loss) is not pinned and its CPU is reported. The model is an MLP of ``--layers``
+Dense(width) layers (the same for every config, same weights), SGD, MSE, global batch
+``--batch`` in every config (the pipeline splits it into M micro-batches).
+
+What is measured, from the workers' own kernels (``tfplace.runtime.trace.trace_workers``: TF's
+profiler service on each worker's gRPC port), in the first round, after the timed steps:
+
+  step window   from the first to the last kernel of any pipeline segment (F or B of any
+                micro-batch on any stage) in one step; the optimizer flush after it is not in
+                the window (the GPipe formula counts only the F/B clock).
+  busy(s)       length of the union of the intervals of every kernel on stage s's device
+                inside the window (waits of asynchronous kernels, e.g. a _Recv waiting for
+                its tensor, are not busy).
+  idle(s)       1 - busy(s) / window. GPipe formula: (K-1)/(M+K-1), which assumes equal
+                stages. With unequal stages a stage also idles waiting for the slower one,
+                so the script prints the expectation for the measured per-stage F and B times,
+                window ~ sum_s(f_s + b_s) + (M-1)(max_s f_s + max_s b_s) per micro-batch, and
+                compares the formula with the bottleneck stage (the busiest): its idle is the
+                fill/drain bubble alone.
+  in flight(s)  micro-batches whose forward started on stage s and whose backward on s has not
+                finished, swept over the window; the peak against the plan's stash (GPipe M,
+                1F1B min(K-s, M)). TF's allocator statistics are not available on CPU
+                (tf.config.experimental.get_memory_info('CPU:0') raises), so this is a count
+                from the trace, not bytes.
+
+Targets: GPipe bubble within 5 points of (K-1)/(M+K-1); 1F1B in flight <= K; 2 stages on 2
+workers >= 1.5x the throughput of 1 worker.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from _procs import children as _children, kill_children as _kill_children  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.abspath(__file__)
+RESULT = "PIPEBENCH_RESULT "
+DONE_SCOPE = "tfplace_pipeline/stage"      # rewrite.pipeline.done_name(stage, op)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model and the step
+
+def build_model(keras: Any, width: int, layers: int) -> Any:
+    keras.utils.set_random_seed(0)
+    h = inp = keras.Input((width,))
+    for i in range(layers):
+        h = keras.layers.Dense(width, activation="relu" if i < layers - 1 else None)(h)
+    return keras.Model(inp, h, name=f"mlp{layers}")
+
+
+def make_data(width: int, batch: int) -> tuple[Any, Any]:
+    import numpy as np
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, width)).astype("float32")
+    y = rng.standard_normal((batch, width)).astype("float32")
+    return x, y
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """user + system CPU seconds of a process (this one by default), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# the trace analysis (pure Python over Chrome events)
+
+def segment_map(graph_def: Any) -> dict[str, tuple[int, str, int]]:
+    """node -> (stage, "F"|"B", micro-batch), read from the pipeline rewrite's segment NoOps
+    (``tfplace_pipeline/stage{s}/{F|B}{m}``, whose control inputs are the segment's ops)."""
+    out: dict[str, tuple[int, str, int]] = {}
+    for n in graph_def.node:
+        if not n.name.startswith(DONE_SCOPE):
+            continue
+        stage, _, op = n.name[len(DONE_SCOPE):].partition("/")
+        key = (int(stage), op[0], int(op[1:]))
+        for inp in n.input:
+            out[inp.lstrip("^").split(":")[0]] = key
+    return out
+
+
+def _node(name: str) -> str:
+    return name[len("tfplace/"):] if name.startswith("tfplace/") else name
+
+
+def _union(iv: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(iv):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _length(iv: Sequence[tuple[float, float]]) -> float:
+    return sum(e - s for s, e in iv)
+
+
+def _clip(iv: Sequence[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+    return [(max(s, lo), min(e, hi)) for s, e in iv if e > lo and s < hi]
+
+
+def split_steps(events: Sequence[Mapping[str, Any]], segments: Mapping[str, tuple[int, str, int]],
+                gap_us: float) -> list[list[Mapping[str, Any]]]:
+    """The segment kernels grouped into steps (the steps ran with pauses of more than gap_us
+    between them); only steps in which every segment node ran exactly once."""
+    seg = sorted((e for e in events if e.get("ph") == "X" and _node(e["name"]) in segments
+                  and (e.get("args") or {}).get("phase") != "launch-to-done"),
+                 key=lambda e: e["ts"])
+    groups: list[list[Mapping[str, Any]]] = []
+    end = None
+    for e in seg:
+        if end is None or e["ts"] > end + gap_us:
+            groups.append([])
+        groups[-1].append(e)
+        end = e["ts"] + e["dur"] if end is None else max(end, e["ts"] + e["dur"])
+    traced = {_node(e["name"]) for e in seg}
+    return [g for g in groups if len(g) == len(traced) and {_node(e["name"]) for e in g} == traced]
+
+
+def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str, Any]],
+                 segments: Mapping[str, tuple[int, str, int]], stage_devices: Sequence[str],
+                 micro: int) -> dict[str, Any]:
+    """Bubble and in-flight micro-batches of one step (``step``: its segment kernels)."""
+    lo = min(e["ts"] for e in step)
+    hi = max(e["ts"] + e["dur"] for e in step)
+    span = hi - lo
+    names = {e["pid"]: e["args"]["name"] for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    K = len(stage_devices)
+    stages = []
+    for s, device in enumerate(stage_devices):
+        kernels = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X"
+                   and names.get(e["pid"]) == device
+                   and (e.get("args") or {}).get("phase") != "launch-to-done"]
+        busy = _length(_clip(_union(kernels), lo, hi))
+        mine = [e for e in step if segments[_node(e["name"])][0] == s]
+        f = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
+                            if segments[_node(e["name"])][1] == "F"]))
+        b = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
+                            if segments[_node(e["name"])][1] == "B"]))
+        first_f: dict[int, float] = {}
+        last_b: dict[int, float] = {}
+        for e in mine:
+            _s, kind, m = segments[_node(e["name"])]
+            if kind == "F":
+                first_f[m] = min(first_f.get(m, e["ts"]), e["ts"])
+            else:
+                last_b[m] = max(last_b.get(m, 0.0), e["ts"] + e["dur"])
+        sweep = sorted([(first_f[m], 1) for m in first_f] +
+                       [(last_b.get(m, hi), -1) for m in first_f], key=lambda t: (t[0], t[1]))
+        live = peak = 0
+        for _t, d in sweep:
+            live += d
+            peak = max(peak, live)
+        stages.append({"device": device, "busy_ms": busy / 1e3, "idle": 1 - busy / span,
+                       "f_ms": f / 1e3, "b_ms": b / 1e3, "in_flight_peak": peak})
+    fs = [st["f_ms"] / micro for st in stages]
+    bs = [st["b_ms"] / micro for st in stages]
+    ideal = sum(fs) + sum(bs) + (micro - 1) * (max(fs) + max(bs))   # per-micro-batch model
+    for st, f, b in zip(stages, fs, bs):
+        st["idle_expected"] = 1 - micro * (f + b) / ideal if ideal else 0.0
+    return {"span_ms": span / 1e3, "stages": stages, "formula": (K - 1) / (micro + K - 1)}
+
+
+def label_events(events: list[dict[str, Any]],
+                 segments: Mapping[str, tuple[int, str, int]]) -> None:
+    """Mark each segment kernel with its pass ("F3", "B0") for the Chrome trace viewer."""
+    for e in events:
+        key = segments.get(_node(e.get("name", ""))) if e.get("ph") == "X" else None
+        if key is not None:
+            e.setdefault("args", {})["segment"] = f"{key[1]}{key[2]}"
+            e["cat"] = "forward" if key[1] == "F" else "backward"
+
+
+# ---------------------------------------------------------------------------------------------
+# the child: one configuration
+
+def emit(obj: dict) -> None:
+    print(RESULT + json.dumps(obj), flush=True)
+
+
+def child(a: argparse.Namespace) -> None:
+    import tfplace
+    t0 = time.perf_counter()
+    cluster = tfplace.Cluster.launch_local(workers=a.workers, devices_per_worker=1)
+    try:
+        import keras
+        import tensorflow as tf
+        model = build_model(keras, a.width, a.layers)
+        opt = keras.optimizers.SGD(1e-3)
+        loss_fn = keras.losses.MeanSquaredError()
+
+        @tf.function
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        if a.stages > 1:
+            step = tfplace.parallelize(train_step, cluster=cluster, writeback=a.writeback,
+                                       pipeline_stages=a.stages, micro_batches=a.micro,
+                                       schedule=a.schedule)
+        else:
+            step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
+                                       writeback=a.writeback)
+        x, y = (tf.constant(v) for v in make_data(a.width, a.batch))
+        first = float(step(x, y))
+        setup = time.perf_counter() - t0
+        pids = [p.pid for p in cluster._launcher.procs]     # noqa: SLF001 - CPU accounting
+        for _ in range(a.warmup):
+            step(x, y).numpy()
+        cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+        times = []
+        for _ in range(a.steps):
+            t = time.perf_counter()
+            last = float(step(x, y))
+            times.append(time.perf_counter() - t)
+        cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+        cpu = {name: (c1 - c0) * 1e3 / a.steps for name, c0, c1 in
+               zip(["client"] + [f"w{i}" for i in range(len(pids))], cpu0, cpu1)}
+        out: dict[str, Any] = {"times": times, "first_loss": first, "last_loss": last,
+                               "setup_s": setup, "cpu_ms": cpu}
+        pipe = step.plan.pipeline if a.stages > 1 else None
+        if pipe is not None:
+            out["plan"] = {"devices": [s.devices[0] for s in pipe.stages],
+                           "units": [len(s.units) for s in pipe.stages],
+                           "flops": [s.flops for s in pipe.stages],
+                           "stash": [s.stash for s in pipe.stages],
+                           "peak_bytes": [s.peak_bytes for s in pipe.stages],
+                           "timeline_bubble": list(_plan_bubble(pipe))}
+        if pipe is not None and a.trace_steps > 0:
+            out["trace"] = trace(a, step, cluster, pipe, x, y, statistics.median(times))
+        emit(out)
+    finally:
+        cluster.shutdown()
+
+
+def _plan_bubble(pipe: Any) -> tuple[float, ...]:
+    from tfplace.pipeline import bubble_fraction
+    return bubble_fraction(pipe.timeline())
+
+
+def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, x: Any, y: Any,
+          step_s: float) -> dict[str, Any]:
+    """Profile both workers over ``--trace-steps`` steps (with pauses between them), write the
+    Chrome trace, and analyse every complete step."""
+    from tfplace.runtime.trace import trace_workers, write_trace
+    pause = max(0.2, step_s)
+    graph_def = step.executor.graph_def
+    addresses = [t.address for t in cluster._launcher.tasks]   # noqa: SLF001 - worker ports
+    window_ms = int(1000 * (a.trace_steps * (3 * step_s + pause) + 2.0))
+    with trace_workers(addresses, graph_def, duration_ms=window_ms) as recorded:
+        t = time.perf_counter()
+        for _ in range(a.trace_steps):
+            step(x, y).numpy()
+            time.sleep(pause)
+        ran = time.perf_counter() - t
+    segments = segment_map(graph_def)
+    label_events(recorded.events, segments)
+    os.makedirs(a.trace_dir, exist_ok=True)
+    path = os.path.join(a.trace_dir, f"pipeline_{a.schedule}_K{a.stages}_M{a.micro}.json")
+    write_trace(recorded, path)
+    steps = split_steps(recorded.events, segments, gap_us=pause * 1e6 / 2)
+    devices = [s.devices[0] for s in pipe.stages]
+    found = [analyse_step(recorded.events, g, segments, devices, a.micro) for g in steps]
+    return {"path": path, "steps": found, "window_ms": window_ms, "ran_s": ran,
+            "events": sum(1 for e in recorded.events if e.get("ph") == "X")}
+
+
+# ---------------------------------------------------------------------------------------------
+# the parent
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, HERE, *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    _children.append(p)
+    return p
+
+
+def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
+    args = ["--child", "--workers", str(cfg["workers"]), "--stages", str(cfg["stages"]),
+            "--schedule", cfg.get("schedule", "gpipe"), "--micro", str(a.micro),
+            "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
+            "--batch", str(a.batch), "--layers", str(a.layers), "--writeback", a.writeback,
+            "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
+    p = _spawn(args)
+    try:
+        out, err = p.communicate(timeout=a.timeout)
+    finally:
+        _kill_children()
+    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT)]
+    if p.returncode != 0 or not lines:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise RuntimeError(f"child {cfg['name']} failed (exit {p.returncode}):\n{tail}")
+    return json.loads(lines[-1][len(RESULT):])
+
+
+def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:
+    """Print the bubble and in-flight figures of a traced config; the target checks."""
+    tr, plan = r["trace"], r["plan"]
+    checks: list[tuple[bool, str]] = []
+    print(f"\n{name}: trace {tr['path']} ({tr['events']} kernel events, "
+          f"{len(tr['steps'])} complete step(s) in the window)")
+    if not tr["steps"]:
+        print("  no complete step found in the trace (profiler window too short?)")
+        return [(False, f"{name}: a complete traced step")]
+    K = len(plan["devices"])
+    best = sorted(tr["steps"], key=lambda s: s["span_ms"])[len(tr["steps"]) // 2]
+    formula = best["formula"]
+    print(f"  median-span step: window {best['span_ms']:.1f} ms; GPipe formula (K-1)/(M+K-1) = "
+          f"{K - 1}/{micro + K - 1} = {formula:.1%}")
+    print(f"  {'stage':<6} {'device':<40} {'busy ms':>8} {'F ms':>7} {'B ms':>7} "
+          f"{'idle':>6} {'expect':>7} {'plan':>6} {'in flight':>9} {'plan stash':>10}")
+    for s, st in enumerate(best["stages"]):
+        print(f"  s{s:<5} {st['device']:<40} {st['busy_ms']:>8.1f} {st['f_ms']:>7.1f} "
+              f"{st['b_ms']:>7.1f} {st['idle']:>6.1%} {st['idle_expected']:>7.1%} "
+              f"{plan['timeline_bubble'][s]:>6.1%} {st['in_flight_peak']:>9} "
+              f"{plan['stash'][s]:>10}")
+    idles = [[st["idle"] for st in step["stages"]] for step in tr["steps"]]
+    print("  idle per stage, every traced step: "
+          + "; ".join(" ".join(f"{v:.1%}" for v in row) for row in idles))
+    print("  (expect = idle predicted from the measured per-stage F/B times with unequal stages; "
+          "plan = the plan's clock-view bubble at equal ticks)")
+    bottleneck = max(range(K), key=lambda s: best["stages"][s]["busy_ms"])
+    peaks = [st["in_flight_peak"] for st in best["stages"]]
+    if "gpipe" in name:
+        idle = best["stages"][bottleneck]["idle"]
+        checks.append((abs(idle - formula) <= 0.05,
+                       f"{name}: bottleneck stage s{bottleneck} idle {idle:.1%} within 5 points "
+                       f"of (K-1)/(M+K-1) = {formula:.1%}"))
+        worst = max(abs(st["idle"] - formula) for st in best["stages"])
+        checks.append((worst <= 0.05, f"{name}: every stage's idle within 5 points of "
+                       f"{formula:.1%} (largest gap {worst:.1%})"))
+        checks.append((max(peaks) == micro,
+                       f"{name}: peak in-flight micro-batches = M = {micro} (measured {peaks})"))
+    else:
+        checks.append((max(peaks) <= K, f"{name}: peak in-flight micro-batches <= K = {K} "
+                       f"(measured {peaks}, plan {plan['stash']})"))
+    return checks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--stages", type=int, default=1)
+    ap.add_argument("--schedule", default="gpipe")
+    ap.add_argument("--micro", type=int, default=8, help="micro-batches M")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per config and round")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=256, help="global batch")
+    ap.add_argument("--writeback", default="step", choices=["step", "manual"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--trace-steps", type=int, default=3, help="profiled steps (first round)")
+    ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")
+    ap.add_argument("--timeout", type=float, default=300.0, help="per configuration, seconds")
+    ap.add_argument("--quick", action="store_true",
+                    help="1 round, 6 steps, width 512, 2 traced steps (a smoke run)")
+    a = ap.parse_args()
+    if a.quick:
+        a.rounds, a.steps, a.warmup, a.width, a.trace_steps = 1, 6, 2, 512, 2
+    if a.child:
+        child(a)
+        return
+
+    atexit.register(_kill_children)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: (_kill_children(), sys.exit(1)))
+    configs = [{"name": "1 worker (no pipeline)", "workers": 1, "stages": 1},
+               {"name": f"2w gpipe M={a.micro}", "workers": 2, "stages": 2, "schedule": "gpipe"},
+               {"name": f"2w 1f1b M={a.micro}", "workers": 2, "stages": 2, "schedule": "1f1b"}]
+    params = a.layers * (a.width * a.width + a.width)
+    print(f"pipeline: MLP {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M params, SGD, MSE), "
+          f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, {a.steps} timed "
+          f"steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; python "
+          f"{sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, load avg "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
+    print("pinning: launch_local pins worker i to core i; the client is not pinned", flush=True)
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    results: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    for rnd in range(a.rounds):
+        order = configs if rnd % 2 == 0 else configs[::-1]
+        for cfg in order:
+            t = time.perf_counter()
+            r = run_config(cfg, a, a.trace_steps if rnd == 0 and cfg["stages"] > 1 else 0)
+            samples[cfg["name"]] += r["times"]
+            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
+            results.setdefault(cfg["name"], r)
+            if "trace" in r:
+                results[cfg["name"]]["trace"] = r["trace"]
+            med = statistics.median(r["times"])
+            print(f"  round {rnd + 1} {cfg['name']:<24} median step {med * 1e3:7.1f} ms  "
+                  f"{a.batch / med:7.0f} ex/s  loss {r['first_loss']:.4f}->{r['last_loss']:.4f}"
+                  f"  cpu ms/step " + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
+                  + f"  load {os.getloadavg()[0]:.2f}  ({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+
+    base = a.batch / statistics.median(samples[configs[0]["name"]])
+    print()
+    print(f"{'config':<24} {'step ms':>8} {'examples/s':>11} {'vs 1w':>6}  "
+          "CPU ms/step by process (mean of rounds)")
+    for cfg in configs:
+        n = cfg["name"]
+        eps = a.batch / statistics.median(samples[n])
+        print(f"{n:<24} {statistics.median(samples[n]) * 1e3:>8.1f} {eps:>11.0f} "
+              f"{eps / base:>5.2f}x  " + " ".join(
+                  f"{k} {statistics.mean(c[k] for c in cpu_rounds[n]):.0f}"
+                  for k in cpu_rounds[n][0]))
+    for cfg in configs[1:]:
+        p = results[cfg["name"]]["plan"]
+        print(f"{cfg['name']} plan: stages on " + ", ".join(
+            f"s{i} {d.split('/device:')[0].replace('/replica:0', '')} ({u} units, "
+            f"{f / 1e9:.2f} GFLOP)" for i, (d, u, f) in
+            enumerate(zip(p["devices"], p["units"], p["flops"]))))
+    checks: list[tuple[bool, str]] = []
+    for cfg in configs[1:]:
+        if "trace" in results[cfg["name"]]:
+            checks += report_trace(cfg["name"], results[cfg["name"]], a.micro)
+    print()
+    for cfg in configs[1:]:
+        eps = a.batch / statistics.median(samples[cfg["name"]])
+        checks.append((eps / base >= 1.5, f"{cfg['name']} >= 1.5x 1 worker ({eps / base:.2f}x)"))
+    for ok, text in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    print(f"load avg at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+    print(f"total {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -159,3 +159,20 @@ def test_keras_fit_with_splits_matches_plain_fit(local4, tmp_path) -> None:
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), a.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_cli_plan_and_run_take_splits(tmp_path) -> None:
+    """`tfplace plan --splits` prints the split table; `tfplace run --splits` trains."""
+    from test_cli_errors import MLP_SCRIPT, run_cli
+    (tmp_path / "mlp_step.py").write_text(MLP_SCRIPT)
+    script = f"{tmp_path / 'mlp_step.py'}:train_step"
+    out = run_cli("plan", script, "--cluster", "local:4", "--batch-size", "16",
+                  "--splits", "dense:S(1)")
+    assert out.returncode == 0, out.stderr
+    assert "splits on 4 devices" in out.stdout and "dense/kernel" in out.stdout
+    out = run_cli("run", script, "--cluster", "local:4", "--batch-size", "16", "--steps", "3",
+                  "--splits", "dense:S(1);dense_1:S(0)")
+    assert out.returncode == 0, out.stderr
+    losses = [float(line.rsplit(" ", 1)[1]) for line in out.stdout.splitlines()
+              if line.startswith("step ")]
+    assert len(losses) == 3 and losses[-1] < losses[0]

@@ -261,7 +261,8 @@ def load_source(source: str, *, signature: str | None = None, batch_size: int = 
 def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: int = 5,
                batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
                sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
-               calibration: Any = None, pipeline: PipelineOptions | None = None) -> list[float]:
+               calibration: Any = None, pipeline: PipelineOptions | None = None,
+               splits: Any = None) -> list[float]:
     """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
 
     ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
@@ -275,7 +276,7 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
     captured, example = _capture_for_run(source, batch_size, parts)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,
-                      fusion_bytes=fusion_bytes, pipeline=pipeline)
+                      fusion_bytes=fusion_bytes, pipeline=pipeline, splits=splits)
     if not trace:
         return [_scalar_loss(ex(*example)) for _ in range(steps)]
     from tfplace.runtime.trace import trace_ops, write_trace

@@ -23,6 +23,10 @@ DEFAULT_PLACER = "m_etf"
 CLUSTER_HELP = "a cluster YAML file, local:N, launch:WxD (spawn W workers x D devices) or tf_config"
 
 
+SPLITS_HELP = ('model-parallel splits, e.g. "dense_1:S(1);dense_2:S(0)" (a layer or variable '
+               'name and S(axis)); the split runs on the most devices dividing every axis')
+
+
 def _placer_help() -> str:
     try:
         from tfplace.placers import PLACER_NAMES
@@ -187,6 +191,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             plan = plan_data_parallel(captured, cluster, replicas=replicas, placer=args.placer,
                                       sync=args.sync, backend=args.sync_backend,
                                       fusion_bytes=args.fusion_bytes, calibration=calibration)
+        if args.splits:                                  # PlanError with replicas or stages
+            from tfplace.split_parallel import plan_splits
+            plan = plan_splits(captured, plan, args.splits)
     print(plan.summary())
     if args.out:
         plan.save(args.out)
@@ -248,7 +255,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from tfplace.api import run_source
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
                             trace=args.trace, data_parallel=args.data_parallel,
-                            pipeline=_pipeline_options(args),
+                            pipeline=_pipeline_options(args), splits=args.splits or None,
                             **_sync_options(args), **_batch_option(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
@@ -360,6 +367,7 @@ def _build_parser() -> argparse.ArgumentParser:
     source_options(p)
     dp_options(p)
     pipeline_flags(p)
+    p.add_argument("--splits", metavar="SPEC", help=SPLITS_HELP)
 
     p = add("rewrite", _cmd_rewrite, "apply a saved plan to SOURCE and write the placed GraphDef")
     p.add_argument("source", metavar="SOURCE")
@@ -378,6 +386,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    "print the measured overlap of gradient sync with backward")
     dp_options(p)
     pipeline_flags(p)
+    p.add_argument("--splits", metavar="SPEC", help=SPLITS_HELP)
 
     p = add("serve", _cmd_serve, "run one task of a multi-host cluster (blocks)")
     p.add_argument("--cluster", required=True, help="a cluster YAML with tasks, or tf_config")

@@ -2,7 +2,7 @@
 of the workers, and the throughput of 2 stages on 2 core-pinned workers against 1 worker.
 
     python benchmarks/pipeline.py [--rounds 2] [--steps 20] [--warmup 5] [--micro 8]
-                                  [--width 1024] [--batch 256] [--layers 8] [--quick]
+                                  [--width 512] [--batch 1024] [--layers 8] [--quick]
 
 Configurations, each in its own subprocess (a process can connect to one gRPC cluster only), the
 whole set repeated ``--rounds`` times in alternating order; medians over all timed steps:
@@ -212,7 +212,7 @@ def emit(obj: dict) -> None:
 def child(a: argparse.Namespace) -> None:
     import tfplace
     t0 = time.perf_counter()
-    cluster = tfplace.Cluster.launch_local(workers=a.workers, devices_per_worker=1)
+    cluster = tfplace.Cluster.launch_local(workers=a.workers, devices_per_worker=1, timeout=180)
     try:
         import keras
         import tensorflow as tf
@@ -379,21 +379,25 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--schedule", default="gpipe")
     ap.add_argument("--micro", type=int, default=8, help="micro-batches M")
-    ap.add_argument("--steps", type=int, default=20, help="timed steps per config and round")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--steps", type=int, help="timed steps per config and round (20)")
+    ap.add_argument("--warmup", type=int, help="(5)")
+    ap.add_argument("--width", type=int, help="(512)")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=256, help="global batch")
+    ap.add_argument("--batch", type=int, default=1024, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--trace-steps", type=int, default=3, help="profiled steps (first round)")
+    ap.add_argument("--rounds", type=int, help="(2)")
+    ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (3)")
     ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")
     ap.add_argument("--timeout", type=float, default=300.0, help="per configuration, seconds")
     ap.add_argument("--quick", action="store_true",
-                    help="1 round, 6 steps, width 512, 2 traced steps (a smoke run)")
+                    help="defaults for a smoke run: 1 round, 6 steps, 2 warm-up, width 256, "
+                         "2 traced steps (options given explicitly still win)")
     a = ap.parse_args()
-    if a.quick:
-        a.rounds, a.steps, a.warmup, a.width, a.trace_steps = 1, 6, 2, 512, 2
+    preset = dict(rounds=1, steps=6, warmup=2, width=256, trace_steps=2) if a.quick else \
+        dict(rounds=2, steps=20, warmup=5, width=512, trace_steps=3)
+    for key, value in preset.items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.child:
         child(a)
         return

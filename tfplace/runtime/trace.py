@@ -302,7 +302,6 @@ def write_trace(trace: OpTrace, path: str) -> None:
 def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
     """Profile the TF ops run inside the block; the events appear on the yielded OpTrace."""
     import tensorflow as tf
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2
     result = OpTrace()
     with tempfile.TemporaryDirectory(prefix="tfplace_trace_") as logdir:
         opts = tf.profiler.experimental.ProfilerOptions(host_tracer_level=3,
@@ -317,12 +316,7 @@ def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
             yield result
         finally:
             tf.profiler.experimental.stop()
-        space = xplane_pb2.XSpace()
-        for path in glob.glob(os.path.join(logdir, "plugins", "profile", "*", "*.xplane.pb")):
-            with open(path, "rb") as f:
-                part = xplane_pb2.XSpace()
-                part.ParseFromString(f.read())
-            space.planes.extend(part.planes)
+        space = _read_xspace(logdir)
     result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
 
 

@@ -166,10 +166,16 @@ def test_cli_plan_and_run_take_splits(tmp_path) -> None:
     from test_cli_errors import MLP_SCRIPT, run_cli
     (tmp_path / "mlp_step.py").write_text(MLP_SCRIPT)
     script = f"{tmp_path / 'mlp_step.py'}:train_step"
+    plan = str(tmp_path / "plan.pbtxt")
     out = run_cli("plan", script, "--cluster", "local:4", "--batch-size", "16",
-                  "--splits", "dense:S(1)")
+                  "--splits", "dense:S(1)", "--out", plan)
     assert out.returncode == 0, out.stderr
     assert "splits on 4 devices" in out.stdout and "dense/kernel" in out.stdout
+    out = run_cli("rewrite", script, "--plan", plan, "--batch-size", "16",
+                  "--out", str(tmp_path / "split.pbtxt"))
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "split.pbtxt").read_text()
+    assert text.count('key: "_tfplace_shard_of"') == 4 * 2     # kernel and bias, 4 shards each
     out = run_cli("run", script, "--cluster", "local:4", "--batch-size", "16", "--steps", "3",
                   "--splits", "dense:S(1);dense_1:S(0)")
     assert out.returncode == 0, out.stderr

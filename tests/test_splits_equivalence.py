@@ -74,6 +74,30 @@ def test_cnn_conv_split_on_output_channels(local4) -> None:
     _check_shards(pstep, 4)
 
 
+def _megatron(model):
+    mha = _layer(model, keras.layers.MultiHeadAttention)
+    d0, d1 = _layer(model, keras.layers.Dense, 0), _layer(model, keras.layers.Dense, 1)
+    parts = [f"{mha.name}/{p}:S(1)" for p in ("query", "key", "value")]
+    return ";".join(parts + [f"{mha.name}/attention_output:S(0)", f"{d0.name}:S(1)",
+                             f"{d1.name}:S(0)"])
+
+
+@pytest.mark.parametrize("kind,spec", [
+    ("embedding", lambda m: f"{_layer(m, keras.layers.Embedding).name}:S(0)"),
+    ("cnn", lambda m: f"{_layer(m, keras.layers.Conv2D).name}:S(3)"),
+    ("transformer", _megatron)])
+def test_without_collectives(kind, spec, local4, monkeypatch) -> None:
+    """The dataflow boxing (AddN on the group's first device) trains the same."""
+    import tfplace.runtime.devices as devices
+    monkeypatch.setattr(devices, "collectives_ready", lambda cluster: False)
+    pstep = _train(kind, spec, local4)
+    assert not _ops(pstep, "CollectiveReduceV2")
+    if kind == "transformer":
+        forward = [t for t in _reduced_tensors(pstep.executor.graph_def)
+                   if not t.startswith("gradient_tape/")]
+        assert len(forward) == 2, forward
+
+
 def test_transformer_block_megatron(local4) -> None:
     def spec(model):
         mha = _layer(model, keras.layers.MultiHeadAttention)
@@ -83,6 +107,7 @@ def test_transformer_block_megatron(local4) -> None:
                                  f"{d1.name}:S(0)"])
     pstep = _train("transformer", spec, local4)
     _check_shards(pstep, 2)          # 2 heads: a group of 2
+    assert _ops(pstep, "CollectiveReduceV2")
     reduced = _reduced_tensors(pstep.executor.graph_def)
     forward = sorted(t for t in reduced if not t.startswith("gradient_tape/"))
     assert len(forward) == 2, forward

@@ -25,13 +25,17 @@ profiler service on each worker's gRPC port), in the first round, after the time
   busy(s)       length of the union of the intervals of every kernel on stage s's device
                 inside the window (waits of asynchronous kernels, e.g. a _Recv waiting for
                 its tensor, are not busy).
-  idle(s)       1 - busy(s) / window. GPipe formula: (K-1)/(M+K-1), which assumes equal
+  idle(s)       1 - busy(s) / window, split into fill+drain (before the stage's first kernel
+                and after its last: the schedule's bubble) and gaps (idle between its first
+                and last kernel: waiting for a peer's tensor, transfer latency, preemption).
+                GPipe formula: (K-1)/(M+K-1), which assumes equal
                 stages. With unequal stages a stage also idles waiting for the slower one,
                 so the script prints the expectation for the measured per-stage F and B times,
                 window ~ sum_s(f_s + b_s) + (M-1)(max_s f_s + max_s b_s) per micro-batch, and
                 compares the formula with the bottleneck stage (the busiest): its idle is the
                 fill/drain bubble alone.
-  in flight(s)  micro-batches whose forward started on stage s and whose backward on s has not
+  in flight(s)  micro-batches whose forward started on stage s (first kernel other than a
+                weight read, Const, Identity or send/receive) and whose backward on s has not
                 finished, swept over the window; the peak against the plan's stash (GPipe M,
                 1F1B min(K-s, M)). TF's allocator statistics are not available on CPU
                 (tf.config.experimental.get_memory_info('CPU:0') raises), so this is a count
@@ -59,6 +63,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
 RESULT = "PIPEBENCH_RESULT "
 DONE_SCOPE = "tfplace_pipeline/stage"      # rewrite.pipeline.done_name(stage, op)
+# kernels of a forward segment that hold no activations: a micro-batch is in flight from its
+# first other kernel (the optimizer's weight reads of copies r > 0 land in F segments and run
+# before the schedule reaches them; counting them would start micro-batches early)
+NOT_ACTIVATIONS = frozenset({"ReadVariableOp", "VarHandleOp", "Const", "NoOp", "Identity",
+                             "_Send", "_Recv", "_HostSend", "_HostRecv"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +171,9 @@ def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str
         kernels = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X"
                    and names.get(e["pid"]) == device
                    and (e.get("args") or {}).get("phase") != "launch-to-done"]
-        busy = _length(_clip(_union(kernels), lo, hi))
+        runs = _clip(_union(kernels), lo, hi)
+        busy = _length(runs)
+        edges = (runs[0][0] - lo) + (hi - runs[-1][1]) if runs else span   # fill + drain
         mine = [e for e in step if segments[_node(e["name"])][0] == s]
         f = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
                             if segments[_node(e["name"])][1] == "F"]))
@@ -172,6 +183,8 @@ def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str
         last_b: dict[int, float] = {}
         for e in mine:
             _s, kind, m = segments[_node(e["name"])]
+            if kind == "F" and (e.get("args") or {}).get("op") in NOT_ACTIVATIONS:
+                continue                 # a weight read starts no micro-batch's activations
             if kind == "F":
                 first_f[m] = min(first_f.get(m, e["ts"]), e["ts"])
             else:
@@ -183,6 +196,7 @@ def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str
             live += d
             peak = max(peak, live)
         stages.append({"device": device, "busy_ms": busy / 1e3, "idle": 1 - busy / span,
+                       "fill_drain": edges / span, "gaps": 1 - busy / span - edges / span,
                        "f_ms": f / 1e3, "b_ms": b / 1e3, "in_flight_peak": peak})
     fs = [st["f_ms"] / micro for st in stages]
     bs = [st["b_ms"] / micro for st in stages]
@@ -342,22 +356,28 @@ def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:
     formula = best["formula"]
     print(f"  median-span step: window {best['span_ms']:.1f} ms; GPipe formula (K-1)/(M+K-1) = "
           f"{K - 1}/{micro + K - 1} = {formula:.1%}")
-    print(f"  {'stage':<6} {'device':<40} {'busy ms':>8} {'F ms':>7} {'B ms':>7} "
-          f"{'idle':>6} {'expect':>7} {'plan':>6} {'in flight':>9} {'plan stash':>10}")
+    print(f"  {'stage':<5} {'device':<42} {'busy ms':>7} {'F ms':>6} {'B ms':>6} "
+          f"{'idle':>6} {'=edges':>6} {'+gaps':>6} {'expect':>6} {'plan':>6} {'in flight':>9} "
+          f"{'plan stash':>10}")
     for s, st in enumerate(best["stages"]):
-        print(f"  s{s:<5} {st['device']:<40} {st['busy_ms']:>8.1f} {st['f_ms']:>7.1f} "
-              f"{st['b_ms']:>7.1f} {st['idle']:>6.1%} {st['idle_expected']:>7.1%} "
+        print(f"  s{s:<4} {st['device']:<42} {st['busy_ms']:>7.1f} {st['f_ms']:>6.1f} "
+              f"{st['b_ms']:>6.1f} {st['idle']:>6.1%} {st['fill_drain']:>6.1%} "
+              f"{st['gaps']:>6.1%} {st['idle_expected']:>6.1%} "
               f"{plan['timeline_bubble'][s]:>6.1%} {st['in_flight_peak']:>9} "
               f"{plan['stash'][s]:>10}")
     idles = [[st["idle"] for st in step["stages"]] for step in tr["steps"]]
     print("  idle per stage, every traced step: "
           + "; ".join(" ".join(f"{v:.1%}" for v in row) for row in idles))
-    print("  (expect = idle predicted from the measured per-stage F/B times with unequal stages; "
+    print("  (edges = idle before the stage's first and after its last kernel, gaps = idle "
+          "between them; expect = idle predicted from the measured per-stage F/B times with unequal stages; "
           "plan = the plan's clock-view bubble at equal ticks)")
     bottleneck = max(range(K), key=lambda s: best["stages"][s]["busy_ms"])
     peaks = [st["in_flight_peak"] for st in best["stages"]]
     if "gpipe" in name:
         idle = best["stages"][bottleneck]["idle"]
+        edges = best["stages"][bottleneck]["fill_drain"]
+        print(f"  bottleneck s{bottleneck}: idle {idle:.1%} = fill+drain {edges:.1%} + gaps "
+              f"{idle - edges:.1%}; formula {formula:.1%}")
         checks.append((abs(idle - formula) <= 0.05,
                        f"{name}: bottleneck stage s{bottleneck} idle {idle:.1%} within 5 points "
                        f"of (K-1)/(M+K-1) = {formula:.1%}"))
@@ -386,7 +406,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--rounds", type=int, help="(2)")
-    ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (3)")
+    ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (5)")
     ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")
     ap.add_argument("--timeout", type=float, default=300.0, help="per configuration, seconds")
     ap.add_argument("--quick", action="store_true",
@@ -394,7 +414,7 @@ def main() -> None:
                          "2 traced steps (options given explicitly still win)")
     a = ap.parse_args()
     preset = dict(rounds=1, steps=6, warmup=2, width=256, trace_steps=2) if a.quick else \
-        dict(rounds=2, steps=20, warmup=5, width=512, trace_steps=3)
+        dict(rounds=2, steps=20, warmup=5, width=512, trace_steps=5)
     for key, value in preset.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
@@ -461,6 +481,11 @@ def main() -> None:
     for cfg in configs[1:]:
         eps = a.batch / statistics.median(samples[cfg["name"]])
         checks.append((eps / base >= 1.5, f"{cfg['name']} >= 1.5x 1 worker ({eps / base:.2f}x)"))
+    w1 = statistics.mean(c["w0"] for c in cpu_rounds[configs[0]["name"]])
+    for cfg in configs[1:]:
+        busiest = max(statistics.mean(c[w] for c in cpu_rounds[cfg["name"]]) for w in ("w0", "w1"))
+        print(f"CPU bound (load-insensitive, ignores the bubble): 1 worker's CPU per step / "
+              f"{cfg['name']}'s busiest worker's = {w1:.0f} / {busiest:.0f} = {w1 / busiest:.2f}x")
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"load avg at the end " + " ".join(f"{v:.2f}" for v in os.getloadavg()))

@@ -50,3 +50,24 @@ def test_split_over_grpc_workers(kind, workers2):
         # the group spans both workers
         assert {d.split("/device:")[0] for d in devices} == {
             "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"}
+
+
+def test_mlp_split_with_dataflow_boxing_over_grpc(workers2, monkeypatch):
+    """Without collectives the reductions are AddN nodes, across the workers just the same."""
+    import tfplace.runtime.devices as devices
+    monkeypatch.setattr(devices, "collectives_ready", lambda cluster: False)
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=workers2, splits=_mlp(model))
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    ops = [n.op for n in pstep.executor.graph_def.node]
+    assert "CollectiveReduceV2" not in ops and "AddN" in ops
+
+
+@pytest.mark.parametrize("pair", ["B>P", "B>S(1)", "P>B", "P>S(0)", "S(0)>B", "S(0)>P",
+                                  "S(0)>S(1)", "S(1)>S(0)"])
+def test_boxing_conversion_across_workers(pair, workers2):
+    """Each conversion, built on the 4 worker devices, keeps the logical value."""
+    import test_rewrite_splits as local
+    from tfplace.splits.layout import parse_layout
+    src, dst = (parse_layout(x) for x in pair.split(">"))
+    local.test_conversion_keeps_the_value(src, dst, workers2)

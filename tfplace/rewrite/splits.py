@@ -1,11 +1,12 @@
 """The split pass: each op of a SplitPlan becomes one shard op per device of the group.
 
-    whole op (plan: B)      stays once, where the placement put it; a non-B input is made whole
-                            on its device (all-gather / reduce)
-    split op (plan: S/B/P)  n copies, copy k on group device k, reading each input in the
+    whole op (not listed,   stays once, where the placement put it; a non-B input is made whole
+      or all B)             on its device (all-gather / reduce): n copies of an update of a
+                            whole variable would apply it n times
+    split op (S or P)       n copies, copy k on group device k, reading each input in the
                             layout the plan gives it (boxing where the producer's differs)
-    split variable          n resource placeholders, shard k on device k, tagged with
-                            SHARD_ATTRS so the executor creates each from its slice
+    split variable          n resource placeholders, shard k on device k, tagged with the
+                            SHARD_* attrs so the executor creates each from its slice
 
 A tensor in a non-B layout exists only as its n per-device names; the fetched outputs are made
 whole again under their own names.

@@ -85,7 +85,8 @@ class Executor:
                 if id(orig) in sum_ids:
                     self.sums.setdefault(id(orig), (orig, []))[1].append(placed)
         self._consumers = self._resource_consumers()
-        self._fn = tf.function(self._body, input_signature=self._input_specs())
+        # plain Python around import_graph_def: autograph would only cost conversion time
+        self._fn = tf.function(self._body, input_signature=self._input_specs(), autograph=False)
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
 
     def _add_shard(self, node: Any, captured: Captured) -> None:

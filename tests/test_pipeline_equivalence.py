@@ -164,3 +164,15 @@ def test_error_inside_a_stage_fails_the_step(local4):
         pstep(x * 1e6, y)
     assert time.monotonic() - start < 10
     pstep(x, y)                                    # the next step runs again
+
+
+def test_stage_devices_spread_over_workers():
+    from tfplace.cluster import Task, grpc_cluster
+    from tfplace.pipeline_parallel import stage_devices
+    c = grpc_cluster([Task("worker", i, f"127.0.0.1:{7000 + i}") for i in range(2)], 2)
+    w0, w1 = "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"
+    assert stage_devices(c, 2) == [f"{w0}/device:CPU:0", f"{w1}/device:CPU:0"]
+    assert stage_devices(c, 3) == [f"{w0}/device:CPU:0", f"{w0}/device:CPU:1",
+                                   f"{w1}/device:CPU:0"]
+    assert stage_devices(c, 4) == list(c.names)
+    assert stage_devices(c, 5) is None and stage_devices(c, "auto") is None

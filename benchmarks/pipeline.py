@@ -274,7 +274,7 @@ def child(a: argparse.Namespace) -> None:
                            "stash": [s.stash for s in pipe.stages],
                            "peak_bytes": [s.peak_bytes for s in pipe.stages],
                            "timeline_bubble": list(_plan_bubble(pipe))}
-        if pipe is not None and a.trace_steps > 0:
+        if a.trace_steps > 0:
             out["trace"] = trace(a, step, cluster, pipe, x, y, statistics.median(times))
         emit(out)
     finally:
@@ -304,13 +304,33 @@ def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, x: Any, y: 
     segments = segment_map(graph_def)
     label_events(recorded.events, segments)
     os.makedirs(a.trace_dir, exist_ok=True)
-    path = os.path.join(a.trace_dir, f"pipeline_{a.schedule}_K{a.stages}_M{a.micro}.json")
+    name = f"{a.schedule}_K{a.stages}_M{a.micro}" if pipe is not None else "1worker"
+    path = os.path.join(a.trace_dir, f"pipeline_{name}.json")
     write_trace(recorded, path)
-    steps = split_steps(recorded.events, segments, gap_us=pause * 1e6 / 2)
-    devices = [s.devices[0] for s in pipe.stages]
-    found = [analyse_step(recorded.events, g, segments, devices, a.micro) for g in steps]
-    return {"path": path, "steps": found, "window_ms": window_ms, "ran_s": ran,
-            "events": sum(1 for e in recorded.events if e.get("ph") == "X")}
+    out = {"path": path, "steps": [], "window_ms": window_ms, "ran_s": ran,
+           "events": sum(1 for e in recorded.events if e.get("ph") == "X"),
+           "ops": op_totals(recorded.events, a.trace_steps)}
+    if pipe is not None:
+        steps = split_steps(recorded.events, segments, gap_us=pause * 1e6 / 2)
+        devices = [s.devices[0] for s in pipe.stages]
+        out["steps"] = [analyse_step(recorded.events, g, segments, devices, a.micro)
+                        for g in steps]
+    return out
+
+
+def op_totals(events: Sequence[Mapping[str, Any]], steps: int) -> dict[str, dict[str, float]]:
+    """Per worker ("w0", "w1"): kernel ms per step by op type (and F/B pass), largest first."""
+    out: dict[str, dict[str, float]] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("ph") != "X" or args.get("phase") == "launch-to-done":
+            continue
+        device = str(args.get("device", ""))
+        worker = f"w{device.split('/task:')[1][0]}" if "/task:" in device else "unplaced"
+        key = f"{(args.get('segment') or '')[:1]}{':' if args.get('segment') else ''}{args['op']}"
+        row = out.setdefault(worker, {})
+        row[key] = row.get(key, 0.0) + e["dur"] / 1e3 / steps
+    return {w: dict(sorted(row.items(), key=lambda kv: -kv[1])) for w, row in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +463,7 @@ def main() -> None:
         order = configs if rnd % 2 == 0 else configs[::-1]
         for cfg in order:
             t = time.perf_counter()
-            r = run_config(cfg, a, a.trace_steps if rnd == 0 and cfg["stages"] > 1 else 0)
+            r = run_config(cfg, a, a.trace_steps if rnd == 0 else 0)
             samples[cfg["name"]] += r["times"]
             cpu_rounds[cfg["name"]].append(r["cpu_ms"])
             results.setdefault(cfg["name"], r)
@@ -477,6 +497,14 @@ def main() -> None:
     for cfg in configs[1:]:
         if "trace" in results[cfg["name"]]:
             checks += report_trace(cfg["name"], results[cfg["name"]], a.micro)
+    if any("trace" in r for r in results.values()):
+        print("\nkernel ms per step by worker and op type (profiled steps; F:/B: = in a forward/"
+              "backward segment, no prefix = outside the segments: input, flush, write-back)")
+        for cfg in configs:
+            for worker, row in results[cfg["name"]].get("trace", {}).get("ops", {}).items():
+                top = list(row.items())[:6]
+                print(f"  {cfg['name']:<24} {worker:<8} total {sum(row.values()):6.1f}  "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in top))
     print()
     for cfg in configs[1:]:
         eps = a.batch / statistics.median(samples[cfg["name"]])

@@ -20,8 +20,12 @@ cheapest layout for a split hidden layer: a single S(1) Dense followed by an all
 Both use writeback="manual" (the default "step" would copy every weight and slot back to the
 client after each step; the split and the unsplit run would both be timing that copy). Each
 configuration runs in its own subprocess; rounds alternate the order; the table reports the
-median over all timed steps of all rounds, and speed-up = unsplit median / split median. The
-split run's per-step losses are checked against the unsplit run's (same seed, same data).
+median over all timed steps of all rounds, and speed-up = unsplit median / split median; "per
+round" is the median over rounds of each round's own ratio (the two runs of a round are next to
+each other in time, so a load change between rounds cancels), and "CPU ratio" is the unsplit
+worker's CPU ms per step over the busier split worker's (what the speed-up would be if each
+worker had its core to itself and waited for nothing). The split run's per-step losses are
+checked against the unsplit run's (same seed, same data).
 
 Bytes between the workers, per step, three ways:
   measured   TCP payload bytes on the loopback connections whose two ends are the two worker
@@ -359,7 +363,7 @@ def main() -> None:
 
     print()
     print(f"{'width':>5} {'unsplit 1w ms':>13} {'split 2w ms':>11} {'speed-up':>8} "
-          f"{'plain 1c ms':>11} {'GFLOP/step':>10}  max rel loss diff  "
+          f"{'per round':>9} {'CPU ratio':>9} {'plain 1c ms':>11} {'GFLOP/step':>10}  max rel loss diff  "
           f"CPU ms/step: unsplit | split (mean of rounds)")
     all_ok = True
     for w in widths:
@@ -371,9 +375,15 @@ def main() -> None:
                  for p, q in zip(ru["losses"], rs["losses"])]
         all_ok &= max(diffs) <= LOSS_RTOL
         flops = 12 * a.batch * a.dmodel * w / 1e9        # 2 layers x (fwd + 2 bwd) x 2BdW
+        per_round = statistics.median(
+            statistics.median(ru["times"]) / statistics.median(rs["times"])
+            for ru, rs in zip(res[(w, "unsplit 1w")], res[(w, "split 2w")]))
+        cpu_ratio = statistics.mean(r["cpu_ms"]["w0"] for r in res[(w, "unsplit 1w")]) / max(
+            statistics.mean(r["cpu_ms"][k] for r in res[(w, "split 2w")]) for k in ("w0", "w1"))
         cpu = [" ".join(f"{k} {statistics.mean(r['cpu_ms'][k] for r in res[(w, n)]):.0f}"
                         for k in res[(w, n)][0]["cpu_ms"]) for n in ("unsplit 1w", "split 2w")]
-        print(f"{w:>5} {base * 1e3:13.1f} {split * 1e3:11.1f} {base / split:7.2f}x {plain} "
+        print(f"{w:>5} {base * 1e3:13.1f} {split * 1e3:11.1f} {base / split:7.2f}x {per_round:8.2f}x "
+              f"{cpu_ratio:8.2f}x {plain} "
               f"{flops:10.2f}  {max(diffs):.1e}{'' if max(diffs) <= LOSS_RTOL else ' FAIL':5}"
               f"       {cpu[0]} | {cpu[1]}")
 

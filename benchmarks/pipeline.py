@@ -1,8 +1,8 @@
 """Pipeline parallelism measured: bubble fraction and stashed micro-batches from an op-level trace
 of the workers, and the throughput of 2 stages on 2 core-pinned workers against 1 worker.
 
-    python benchmarks/pipeline.py [--rounds 2] [--steps 20] [--warmup 5] [--micro 8]
-                                  [--width 512] [--batch 1024] [--layers 8] [--quick]
+    python benchmarks/pipeline.py [--rounds 2] [--steps 15] [--warmup 5] [--micro 8]
+                                  [--width 512] [--batch 2048] [--layers 8] [--quick]
 
 Configurations, each in its own subprocess (a process can connect to one gRPC cluster only), the
 whole set repeated ``--rounds`` times in alternating order; medians over all timed steps:
@@ -14,7 +14,10 @@ whole set repeated ``--rounds`` times in alternating order; medians over all tim
 The workers are pinned one per core by launch_local; the client (which feeds the batch and
 receives the loss) is not pinned and its CPU is reported. The model is an MLP of ``--layers``
 Dense(width) layers (the same for every config, same weights), SGD, MSE, global batch
-``--batch`` in every config (the pipeline splits it into M micro-batches).
+``--batch`` in every config (the pipeline splits it into M micro-batches). The default
+2048 gives 256-row micro-batches at M=8: with 128 rows (batch 1024) the micro-batches' backward
+MatMuls cost about 1.6x the CPU per FLOP of the full batch's, and a stage cost 0.8 of the whole
+model (BENCHMARKS.md, pipeline).
 
 What is measured, from the workers' own kernels (``tfplace.runtime.trace.trace_workers``: TF's
 profiler service on each worker's gRPC port), in the first round, after the timed steps:
@@ -419,11 +422,11 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--schedule", default="gpipe")
     ap.add_argument("--micro", type=int, default=8, help="micro-batches M")
-    ap.add_argument("--steps", type=int, help="timed steps per config and round (20)")
+    ap.add_argument("--steps", type=int, help="timed steps per config and round (15)")
     ap.add_argument("--warmup", type=int, help="(5)")
     ap.add_argument("--width", type=int, help="(512)")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=1024, help="global batch")
+    ap.add_argument("--batch", type=int, default=2048, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--rounds", type=int, help="(2)")
     ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (5)")
@@ -434,7 +437,7 @@ def main() -> None:
                          "2 traced steps (options given explicitly still win)")
     a = ap.parse_args()
     preset = dict(rounds=1, steps=6, warmup=2, width=256, trace_steps=2) if a.quick else \
-        dict(rounds=2, steps=20, warmup=5, width=512, trace_steps=5)
+        dict(rounds=2, steps=15, warmup=5, width=512, trace_steps=5)
     for key, value in preset.items():
         if getattr(a, key) is None:
             setattr(a, key, value)

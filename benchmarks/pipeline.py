@@ -28,8 +28,8 @@ profiler service on each worker's gRPC port), in the first round, after the time
   busy(s)       length of the union of the intervals of every kernel on stage s's device
                 inside the window (waits of asynchronous kernels, e.g. a _Recv waiting for
                 its tensor, are not busy).
-  idle(s)       1 - busy(s) / window, split into fill+drain (before the stage's first kernel
-                and after its last: the schedule's bubble) and gaps (idle between its first
+  idle(s)       1 - busy(s) / window, split into fill+drain (before the stage's first compute
+                kernel and after its last: the schedule's bubble) and gaps (idle between its first
                 and last kernel: waiting for a peer's tensor, transfer latency, preemption).
                 GPipe formula: (K-1)/(M+K-1), which assumes equal
                 stages. With unequal stages a stage also idles waiting for the slower one,
@@ -171,12 +171,14 @@ def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str
     K = len(stage_devices)
     stages = []
     for s, device in enumerate(stage_devices):
-        kernels = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X"
-                   and names.get(e["pid"]) == device
-                   and (e.get("args") or {}).get("phase") != "launch-to-done"]
-        runs = _clip(_union(kernels), lo, hi)
-        busy = _length(runs)
-        edges = (runs[0][0] - lo) + (hi - runs[-1][1]) if runs else span   # fill + drain
+        ran = [e for e in events if e.get("ph") == "X" and names.get(e["pid"]) == device
+               and (e.get("args") or {}).get("phase") != "launch-to-done"]
+        busy = _length(_clip(_union([(e["ts"], e["ts"] + e["dur"]) for e in ran]), lo, hi))
+        # fill + drain: before the stage's first and after its last compute kernel (weight
+        # reads that run at step start, out of schedule order, would hide the fill)
+        runs = _clip(_union([(e["ts"], e["ts"] + e["dur"]) for e in ran
+                             if (e.get("args") or {}).get("op") not in NOT_ACTIVATIONS]), lo, hi)
+        edges = (runs[0][0] - lo) + (hi - runs[-1][1]) if runs else span
         mine = [e for e in step if segments[_node(e["name"])][0] == s]
         f = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
                             if segments[_node(e["name"])][1] == "F"]))
@@ -391,9 +393,9 @@ def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:
     idles = [[st["idle"] for st in step["stages"]] for step in tr["steps"]]
     print("  idle per stage, every traced step: "
           + "; ".join(" ".join(f"{v:.1%}" for v in row) for row in idles))
-    print("  (edges = idle before the stage's first and after its last kernel, gaps = idle "
-          "between them; expect = idle predicted from the measured per-stage F/B times with unequal stages; "
-          "plan = the plan's clock-view bubble at equal ticks)")
+    print("  (edges = idle before the stage's first and after its last compute kernel, gaps = "
+          "idle between them; expect = idle predicted from the measured per-stage F/B times "
+          "with unequal stages; plan = the plan's clock-view bubble at equal ticks)")
     bottleneck = max(range(K), key=lambda s: best["stages"][s]["busy_ms"])
     peaks = [st["in_flight_peak"] for st in best["stages"]]
     if "gpipe" in name:

@@ -1,8 +1,8 @@
 """Model-parallel splits: a Megatron-style MLP block split over 2 core-pinned gRPC workers vs the
 unsplit block on 1 worker, per hidden width; bytes moved between the workers against the minimum.
 
-    python benchmarks/splits.py [--rounds 3] [--steps 20] [--warmup 5] [--widths 1024,2048,4096,8192]
-                                [--batch 256] [--dmodel 512] [--quick]
+    python benchmarks/splits.py [--rounds 2] [--steps 15] [--warmup 3] [--widths 1024,2048,4096,8192]
+                                [--batch 128] [--dmodel 512] [--no-plain] [--quick]
 
 The model is one transformer-style MLP block, x[B, d] -> Dense(width, relu) -> Dense(d), trained
 on a mean squared error with SGD + momentum. The split run gives the first Dense S(1) (column

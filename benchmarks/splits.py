@@ -8,10 +8,11 @@ The model is one transformer-style MLP block, x[B, d] -> Dense(width, relu) -> D
 on a mean squared error with SGD + momentum. The split run gives the first Dense S(1) (column
 split: each worker holds width/2 columns and computes its half of the hidden layer from the whole
 input) and the second S(0) (row split: each worker multiplies its hidden half by its rows, giving
-a partial sum P of the output), so the only communication in a step is one all-reduce of the
-[B, d] output in the forward pass; the backward pass needs none (the output gradient is whole on
+a partial sum P of the output), so the only communication the layout needs is one all-reduce of
+the [B, d] output in the forward pass; the backward pass needs none (the output gradient is whole on
 both workers, every weight gradient is local to its shard, and x has no gradient). This is the
-cheapest layout for a split hidden layer: a single S(1) Dense followed by an all-gather moves
+cheapest layout for a split hidden layer (the bytes table shows what the rewrite moves on top of
+it): a single S(1) Dense followed by an all-gather moves
 [B, width] instead of [B, d] and then computes the second layer twice.
 
   unsplit 1w   launch_local(workers=1), placer="single", no splits

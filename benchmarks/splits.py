@@ -1,8 +1,9 @@
 """Model-parallel splits: a Megatron-style MLP block split over 2 core-pinned gRPC workers vs the
 unsplit block on 1 worker, per hidden width; bytes moved between the workers against the minimum.
 
-    python benchmarks/splits.py [--rounds 2] [--steps 15] [--warmup 3] [--widths 1024,2048,4096,8192]
-                                [--batch 128] [--dmodel 512] [--no-plain] [--quick]
+    python benchmarks/splits.py [--rounds 2] [--steps 15] [--warmup 3]
+                                [--widths 1024,2048,4096,8192] [--batch 128] [--dmodel 512]
+                                [--no-plain] [--quick]
 
 The model is one transformer-style MLP block, x[B, d] -> Dense(width, relu) -> Dense(d), trained
 on a mean squared error with SGD + momentum. The split run gives the first Dense S(1) (column
@@ -12,8 +13,8 @@ a partial sum P of the output), so the only communication the layout needs is on
 the [B, d] output in the forward pass; the backward pass needs none (the output gradient is whole on
 both workers, every weight gradient is local to its shard, and x has no gradient). This is the
 cheapest layout for a split hidden layer (the bytes table shows what the rewrite moves on top of
-it): a single S(1) Dense followed by an all-gather moves
-[B, width] instead of [B, d] and then computes the second layer twice.
+it): a single S(1) Dense followed by an all-gather moves [B, width] instead of [B, d] and then
+runs the second layer unsplit.
 
   unsplit 1w   launch_local(workers=1), placer="single", no splits
   split 2w     launch_local(workers=2, devices_per_worker=1), splits="<dense_a>:S(1);<dense_b>:S(0)"
@@ -364,7 +365,8 @@ def main() -> None:
 
     print()
     print(f"{'width':>5} {'unsplit 1w ms':>13} {'split 2w ms':>11} {'speed-up':>8} "
-          f"{'per round':>9} {'CPU ratio':>9} {'plain 1c ms':>11} {'GFLOP/step':>10}  max rel loss diff  "
+          f"{'per round':>9} {'CPU ratio':>9} {'plain 1c ms':>11} {'GFLOP/step':>10}  "
+          f"max rel loss diff  "
           f"CPU ms/step: unsplit | split (mean of rounds)")
     all_ok = True
     for w in widths:
@@ -383,7 +385,8 @@ def main() -> None:
             statistics.mean(r["cpu_ms"][k] for r in res[(w, "split 2w")]) for k in ("w0", "w1"))
         cpu = [" ".join(f"{k} {statistics.mean(r['cpu_ms'][k] for r in res[(w, n)]):.0f}"
                         for k in res[(w, n)][0]["cpu_ms"]) for n in ("unsplit 1w", "split 2w")]
-        print(f"{w:>5} {base * 1e3:13.1f} {split * 1e3:11.1f} {base / split:7.2f}x {per_round:8.2f}x "
+        print(f"{w:>5} {base * 1e3:13.1f} {split * 1e3:11.1f} {base / split:7.2f}x "
+              f"{per_round:8.2f}x "
               f"{cpu_ratio:8.2f}x {plain} "
               f"{flops:10.2f}  {max(diffs):.1e}{'' if max(diffs) <= LOSS_RTOL else ' FAIL':5}"
               f"       {cpu[0]} | {cpu[1]}")

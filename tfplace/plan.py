@@ -209,5 +209,4 @@ def _splits_from_proto(p: Any) -> "SplitPlan":
 
 def _pipeline_from_proto(p: Any) -> "PipelinePlan":
     from tfplace.pipeline.value import PipelinePlan
-    from tfplace.splits.splitplan import SplitPlan
     return PipelinePlan.from_proto(p)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any
 
 from tfplace.cluster import Cluster
 from tfplace.errors import ClusterError

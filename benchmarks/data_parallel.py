@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from _procs import children as _children, free_port as _free_port  # noqa: E402
-from _procs import kill_children as _kill_children  # noqa: E402
+from _procs import cpu_seconds, kill_children as _kill_children, read_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -71,16 +71,6 @@ def make_data(tf, batch: int, seed: int = 0):
     x = tf.constant(rng.standard_normal((batch, 32, 32, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, size=(batch,)).astype("int32"))
     return x, y
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """user + system CPU seconds of a process (this one by default), from /proc."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed(call, steps: int, warmup: int, pids: tuple = ()) -> tuple[list[float], list[float],
@@ -277,11 +267,7 @@ def _collect(procs: list[subprocess.Popen], timeout: float) -> list[dict]:
     try:
         for p in procs:
             out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            lines = [ln for ln in out.splitlines() if ln.startswith(RESULT)]
-            if p.returncode != 0 or not lines:
-                tail = "\n".join(err.strip().splitlines()[-15:])
-                raise RuntimeError(f"child {p.args[2:]} failed (exit {p.returncode}):\n{tail}")
-            results.append(json.loads(lines[-1][len(RESULT):]))
+            results.append(read_result(p, out, err, RESULT, p.args[2:]))
     finally:
         _kill_children()
     return results

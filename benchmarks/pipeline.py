@@ -60,7 +60,8 @@ import sys
 import time
 from typing import Any, Mapping, Sequence
 
-from _procs import children as _children, kill_children as _kill_children  # noqa: E402
+from _procs import children as _children, cpu_seconds, kill_children as _kill_children  # noqa: E402
+from _procs import read_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -90,16 +91,6 @@ def make_data(width: int, batch: int) -> tuple[Any, Any]:
     x = rng.standard_normal((batch, width)).astype("float32")
     y = rng.standard_normal((batch, width)).astype("float32")
     return x, y
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """user + system CPU seconds of a process (this one by default), from /proc."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,11 +351,7 @@ def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
         out, err = p.communicate(timeout=a.timeout)
     finally:
         _kill_children()
-    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT)]
-    if p.returncode != 0 or not lines:
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"child {cfg['name']} failed (exit {p.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(RESULT):])
+    return read_result(p, out, err, RESULT, cfg['name'])
 
 
 def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:

@@ -56,7 +56,7 @@ import sys
 import time
 
 from _procs import children as _children  # noqa: E402
-from _procs import kill_children as _kill_children  # noqa: E402
+from _procs import cpu_seconds, kill_children as _kill_children, read_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -95,16 +95,6 @@ def make_data(tf, batch: int, dmodel: int):
     x = rng.standard_normal((batch, dmodel)).astype("float32")
     y = rng.standard_normal((batch, dmodel)).astype("float32")
     return tf.constant(x), tf.constant(y)
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """user + system CPU seconds of a process (this one by default), from /proc."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,11 +281,7 @@ def run_config(cfg: dict, width: int, a: argparse.Namespace) -> dict:
         out, err = p.communicate(timeout=a.timeout)
     finally:
         _kill_children()
-    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT)]
-    if p.returncode != 0 or not lines:
-        tail = "\n".join(err.strip().splitlines()[-15:])
-        raise RuntimeError(f"child {args} failed (exit {p.returncode}):\n{tail}")
-    return json.loads(lines[-1][len(RESULT):])
+    return read_result(p, out, err, RESULT, args)
 
 
 CONFIGS = [{"name": "unsplit 1w", "kind": "tfplace", "workers": 1},

@@ -51,10 +51,10 @@ def _bytes(node: Any) -> int:
     return n
 
 
-def homes(graph_def: Any, spec: Any) -> dict[str, str]:
+def homes(graph_def: Any, spec: Any, flow: dict[str, list[str]] | None = None) -> dict[str, str]:
     """Base placeholder name -> PS shard device, for every trained resource variable."""
     nodes = {n.name: n for n in graph_def.node}
-    consumers = _flow(graph_def)
+    consumers = _flow(graph_def) if flow is None else flow
     mark_home: dict[str, str] = {}
     load = {t: 0 for t in spec.ps_targets} or {spec.groups[0][0]: 0}
     for bucket, target in zip(spec.dense, spec.ps_targets):
@@ -85,12 +85,13 @@ def apply(graph_def: Any, spec: Any) -> Any:
     out = type(graph_def)()
     out.CopyFrom(graph_def)
     _split_identity_n(out)
-    home = homes(out, spec)
+    flow = _flow(out)
+    home = homes(out, spec, flow)
     nodes = {n.name: n for n in out.node}
     consumers, producers = _edges(out)
     marks = {f"tfplace_r0/{m}" for b in spec.dense for m in b} | \
             {f"tfplace_r0/{m}" for pair in spec.sparse for m in pair}
-    downstream = _closure(marks, _flow(out))
+    downstream = _closure(marks, flow)
     before = {m: nodes[m].device for m in marks}
     shard_of: dict[str, set[str]] = {}         # update arithmetic -> shards it feeds
     removed: set[str] = set()

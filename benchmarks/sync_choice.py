@@ -21,7 +21,7 @@ Network. Each worker runs in its own network namespace ``tfpsc_w<i>``, joined by
 addresses on 10.231.77.0/24, which exists only on these interfaces (bridge 10.231.77.1 = the
 client, worker i = 10.231.77.1<i>). Worker-to-worker traffic is bridged (L2, no IP forwarding);
 the client talks to the workers from the root namespace through the bridge. A shaped rate puts
-``tbf rate R burst max(64 KiB, 2 ms of R) latency 50ms`` on BOTH ends of every veth (worker
+``tbf rate R burst max(16 KiB, 0.5 ms of R) latency 50ms`` on BOTH ends of every veth (worker
 side = its upload, bridge side = its download): every worker gets a full-duplex link of rate R,
 which is what the alpha-beta model in sync_cost assumes. "unshaped" = the same veths with no
 qdisc. The script removes leftovers of a crashed run (anything named tfpsc_*) at start, and its
@@ -59,8 +59,12 @@ bandwidths: m ring flows at once, all-to-all among m, fan-in k -> 1 and fan-out 
 Cluster for choose_sync: devices/tasks = the workers (``grpc_cluster(tasks, 1)``), with
 ``default_bandwidth`` / ``default_latency`` = the calibrated bandwidth and hop latency of that
 rate (what ``tfplace profile`` would write into a cluster spec), and a ``sync_cost.LinkProfile``
-of the rest (message seconds, ring / all-to-all / fan-in / fan-out bandwidths). Nothing in
-the model is fitted to the grid's timings. The fusion size of each point uses the same
+of the rest: the link calibration's message seconds, and bandwidths of the sync MECHANISMS
+measured per N in the grid's own rounds at two sizes that are not grid payloads (96 KB and
+6 MB; the slope between them, free of per-call and per-message costs): the ring per flow, ps
+over N balanced shards per node in, ps through one shard in = out. The same figures measured
+unshaped are the host figures (what the shared cores can copy; on a slow link they hide behind
+the wire, on loopback they are the wire). Nothing in the model is fitted to the grid's timings. The fusion size of each point uses the same
 calibrated figures. A raw-TCP probe (bulk throughput and 1-byte ping-pong RTT between
 namespaces w0 and w1) is printed per rate for reference only.
 """
@@ -97,6 +101,12 @@ METHODS = ("ring", "ps")
 CAL_SMALL = 512 * KB               # calibration transfer sizes: the slope between them
 CAL_BIG = 4096 * KB
 CAL_MESSAGES = 33                  # tiny tensors sent at once, to time one message's cost
+# per N, the sync mechanisms themselves: ring (one bucket), ps with N balanced shards ("psbal")
+# and ps with one shard ("ps1"), timed at two sizes that are not grid payloads; the slope
+# between them is the pattern's bandwidth, free of per-call and per-message costs
+MECH_SMALL = 96 * KB
+MECH_BIG = 6144 * KB
+MECHANISMS = ("ring", "psbal", "ps1")
 _FIGURES: dict[str, list[float]] = {}     # rate -> [bandwidth, latency], from the calibration
 
 
@@ -180,7 +190,7 @@ def shape(n: int, rate: str) -> None:
             if bps is None:
                 _run(prefix + ["tc", "qdisc", "del", "dev", dev, "root"], check=False)
             else:
-                burst = max(64 * KB, int(bps * 0.002))
+                burst = max(16 * KB, int(bps * 0.0005))
                 _run(prefix + ["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate",
                                rate, "burst", str(burst), "latency", "50ms"])
 
@@ -265,6 +275,35 @@ def layout(n: int, nbytes: int, rate: str) -> tuple[list[int], list[int]]:
         load[t] += s
         targets.append(t)
     return sizes, targets
+
+
+def mechanism_layouts(n: int, nbytes: int) -> dict[str, tuple[str, tuple[list[int], list[int]]]]:
+    """The calibration's patterns: name -> (reducer, (bucket sizes, ps targets))."""
+    return {"ring": ("ring", ([nbytes], [0])),
+            "psbal": ("ps", ([nbytes // n] * n, list(range(n)))),
+            "ps1": ("ps", ([nbytes], [0]))}
+
+
+def mechanism_profile(n: int, times: dict, rate: str) -> dict[str, float] | None:
+    """Bandwidths of the N-node patterns at `rate` from the slope between the two mechanism
+    sizes (None when not measured): ring per flow (2(N-1)/N·B moved per node), ps all-to-all
+    per node in (2(N-1)·B/N), ps single-shard in = out (2(N-1)·B through one node)."""
+    def slope(name: str) -> float | None:
+        try:
+            big = statistics.median(times[f"mech|{rate}|{MECH_BIG}|{name}"])
+            small = statistics.median(times[f"mech|{rate}|{MECH_SMALL}|{name}"])
+        except KeyError:
+            return None
+        return (big - small) if big > small else None
+    d = MECH_BIG - MECH_SMALL
+    moved = {"ring": 2 * (n - 1) / n * d, "psbal": 2 * (n - 1) * d / n, "ps1": 2 * (n - 1) * d}
+    out = {}
+    for name, b in moved.items():
+        t = slope(name)
+        if t is None:
+            return None
+        out[name] = b / t
+    return out
 
 
 def cluster_for(n: int, rate: str):
@@ -485,7 +524,7 @@ def child(a: argparse.Namespace) -> None:
         from tfplace.rewrite.nodes import DT_FLOAT, DT_INT32, DT_RESOURCE, NodeBuilder
         client = "/job:localhost/replica:0/task:0/device:CPU:0"
         variables = {}
-        for nbytes in payloads:
+        for nbytes in payloads + [MECH_SMALL, MECH_BIG]:
             vs = []
             for i, d in enumerate(devices):
                 with tf.device(d):                  # created on the worker, not shipped
@@ -527,14 +566,26 @@ def child(a: argparse.Namespace) -> None:
             return tf.function(body).get_concrete_function()
 
         fns, layouts = {}, {}
+        cells: dict[str, list] = {}       # rate -> [(cell key, [(name, fn), ...]), ...]
         for rate in rates:
             for nbytes in payloads:
                 lay = layout(n, nbytes, rate)
                 layouts[f"{rate}|{nbytes}"] = lay
+                named = []
                 for m in METHODS:
                     key = (m, nbytes, json.dumps(lay))
                     if key not in fns:
                         fns[key] = build(nbytes, m, *lay)
+                    named.append((m, fns[key]))
+                cells.setdefault(rate, []).append((f"{rate}|{nbytes}", named))
+            for nbytes in (MECH_SMALL, MECH_BIG):
+                named = []
+                for name, (m, lay) in mechanism_layouts(n, nbytes).items():
+                    key = (m, nbytes, json.dumps(lay))
+                    if key not in fns:
+                        fns[key] = build(nbytes, m, *lay)
+                    named.append((name, fns[key]))
+                cells[rate].append((f"mech|{rate}|{nbytes}", named))
         bad = []
         for (m, nbytes, _), fn in fns.items():      # warm-up (unshaped) and correctness
             want = n * (nbytes // 4) * (n + 1) / 2
@@ -551,11 +602,8 @@ def child(a: argparse.Namespace) -> None:
             for rate in (rates if rnd % 2 == 0 else rates[::-1]):
                 if a.netns:
                     shape(n, rate)
-                for nbytes in (payloads if rnd % 2 == 0 else payloads[::-1]):
-                    lay = json.dumps(layouts[f"{rate}|{nbytes}"])
-                    pair = [(m, fns[(m, nbytes, lay)]) for m in METHODS]
-                    if rnd % 2:
-                        pair.reverse()
+                for cell, named in (cells[rate] if rnd % 2 == 0 else cells[rate][::-1]):
+                    pair = list(named[::-1] if rnd % 2 else named)
                     fn0 = pair[0][1]
                     fn0().numpy()                    # one untimed call after a rate change
                     spent = {m: 0.0 for m, _ in pair}
@@ -566,7 +614,7 @@ def child(a: argparse.Namespace) -> None:
                             fn().numpy()
                             dt = time.perf_counter() - t
                             spent[m] += dt
-                            times.setdefault(f"{rate}|{nbytes}|{m}", []).append(dt)
+                            times.setdefault(f"{cell}|{m}", []).append(dt)
                         k += 1
                         if k >= a.min_calls and (min(spent.values()) >= a.cell_seconds
                                                  or time.monotonic() > deadline - 5):
@@ -773,8 +821,40 @@ def profile_for(c: dict):
         fanout_bandwidth=tuple(sorted((int(k), float(v)) for k, v in c.get("fanout", {}).items())))
 
 
+def mechanism_link_profile(n: int, r: dict, rate: str, c: dict):
+    """choose_sync's LinkProfile for N at `rate`: the calibration's message seconds, the N-node
+    mechanism bandwidths measured at this rate, and as host figures the same measured unshaped
+    (loopback: what the hosts' cores can move). Falls back to the link calibration's patterns
+    (profile_for) when the mechanisms were not measured (an older --save file)."""
+    from tfplace.sync_cost import LinkProfile
+
+    def pat(m: dict) -> dict:
+        return dict(ring_bandwidth=((n, m["ring"]),), alltoall_bandwidth=((n, m["psbal"]),),
+                    fanin_bandwidth=((n - 1, m["ps1"]),), fanout_bandwidth=((n - 1, m["ps1"]),))
+    mech = mechanism_profile(n, r["times"], rate)
+    if mech is None:
+        return profile_for(c)
+    host = mechanism_profile(n, r["times"], "unshaped")
+    return LinkProfile(message_seconds=float(c["message_s"]), **pat(mech),
+                       host=LinkProfile(**pat(host)) if host else None)
+
+
 def report(a, replicas, payloads, rates, results, netns, cal) -> None:
     from tfplace.sync_cost import choose_sync
+    print()
+    print("mechanism calibration (MB/s, slope between "
+          f"{_kb(MECH_SMALL)} and {_kb(MECH_BIG)}, timed in the same rounds as the "
+          "grid cells): ring per flow / ps all-to-all per node in / ps single shard in=out")
+    for n in replicas:
+        r = results.get(n)
+        if r is None:
+            continue
+        row = []
+        for rate in rates:
+            m = mechanism_profile(n, r["times"], rate)
+            row.append(f"{rate} " + ("-" if m is None else "/".join(
+                f"{m[k] / 1e6:.0f}" for k in MECHANISMS)))
+        print(f"  N={n}: " + ",  ".join(row))
     print()
     print(f"{'N':>2} {'bytes':>7} {'link':>9} {'bkts':>4} {'ps shards':>9} {'ring ms':>9} "
           f"{'ps ms':>9} {'ps/ring':>7} {'faster':>7} {'model ring':>10} {'model ps':>9} "
@@ -782,9 +862,9 @@ def report(a, replicas, payloads, rates, results, netns, cal) -> None:
     hits = strict = ties = total = plain_hits = 0
     misses = []
     for rate in rates:
-        profile = profile_for(cal[rate])
         for n in replicas:
             r = results.get(n)
+            profile = mechanism_link_profile(n, r, rate, cal[rate]) if r else None
             for nb in payloads:
                 if r is None:
                     print(f"{n:>2} {_kb(nb):>7} {rate:>9}  (not measured)")
@@ -834,8 +914,9 @@ def report(a, replicas, payloads, rates, results, netns, cal) -> None:
     print("bkts = fusion buckets (default_fusion_bytes on the calibrated link); ps shards = "
           "distinct ps targets (greedy least-loaded per bucket over the replicas' devices)")
     print("model ring/ps = choose_sync(groups, cluster, B, ps_busiest_bytes=L, buckets=k, "
-          "profile=calibration): the cluster's bandwidth/latency = the calibrated hop and "
-          "bandwidth, the profile = message seconds, ring per-flow and all-to-all bandwidths")
+          "profile=...): the cluster's bandwidth/latency = the link calibration's hop and "
+          "bandwidth; the profile = its message seconds and the N-node mechanism bandwidths "
+          "above at this rate, with the unshaped ones as the host figures")
     print("plain = choose_sync's pick without buckets/profile (calibrated bw/lat only), for "
           "comparison")
     if not netns:

@@ -1,6 +1,8 @@
 """The sync cost model, by hand-computed value: formulas, the auto choice, buckets, fusion size."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tfplace.cluster import Cluster, Device, Task, grpc_cluster, local_device_name
@@ -237,18 +239,29 @@ def test_ps_costed_on_the_busiest_real_shard():
 # -- the measured link profile: messages, contended bandwidths ----------------------------------
 def test_ring_and_ps_message_terms() -> None:
     b, o = 16 * 10**6, 1e-4                                       # B/bw = 16 ms
-    # ring: 2(n-1)/n·B/bw + 2(n-1)·lat + 2n(n-1)·k·o: 4 nodes, 3 buckets -> 72 messages
-    assert ring_seconds(4, b, GB, LAT, buckets=3, message_seconds=o) == exact(
-        0.024 + 6e-4 + 72 * o)
-    assert ring_seconds(2, b, GB, LAT, buckets=1, message_seconds=o) == exact(0.016 + 2e-4 + 4 * o)
+    # ring: max(2(n-1)/n·B/bw, 2(n-1)/n·B/bw_host + 2n(n-1)·k·o) + 2(n-1)·lat
+    # 4 nodes, 3 buckets -> 72 messages (7.2 ms) hide behind the 24 ms on the wire ...
+    assert ring_seconds(4, b, GB, LAT, buckets=3, message_seconds=o) == exact(0.024 + 6e-4)
+    # ... as long as the hosts' copies (24 MB at 2 GB/s = 12 ms) and messages fit in it
+    assert ring_seconds(4, b, GB, LAT, buckets=3, message_seconds=o,
+                        host_bandwidth=2 * GB) == exact(0.024 + 6e-4)
+    # on loopback (the hosts are the link) they add up
+    assert ring_seconds(4, b, GB, LAT, buckets=3, message_seconds=o,
+                        host_bandwidth=GB) == exact(0.024 + 72 * o + 6e-4)
+    assert ring_seconds(2, b, GB, LAT, buckets=1, message_seconds=o,
+                        host_bandwidth=GB) == exact(0.016 + 4 * o + 2e-4)
     assert ring_seconds(1, b, GB, LAT, buckets=3, message_seconds=o) == 0.0
-    # colocated ps: + 2(n-1)·k·o (n-1 pushes and n-1 pulls per bucket): 18 messages
-    assert ps_seconds(4, b, GB, LAT, 4, buckets=3, message_seconds=o) == exact(
-        0.024 + 2e-4 + 18 * o)
-    # dedicated ps: n pushes and n pulls per bucket: + 2n·k·o
-    assert ps_seconds(4, b, GB, LAT, 1, buckets=3, message_seconds=o) == exact(
-        0.128 + 2e-4 + 24 * o)
-    # o = 0 (the default) is the plain alpha-beta model
+    # messages alone longer than the wire bound the step
+    assert ring_seconds(4, 10**5, GB, LAT, buckets=3, message_seconds=o) == exact(72 * o + 6e-4)
+    # colocated ps: 2(n-1)·k·o messages (n-1 pushes and n-1 pulls per bucket): 18
+    assert ps_seconds(4, b, GB, LAT, 4, buckets=3, message_seconds=o,
+                      host_bandwidth=GB) == exact(0.024 + 18 * o + 2e-4)
+    # dedicated ps: n pushes and n pulls per bucket: 2n·k·o = 24
+    assert ps_seconds(4, b, GB, LAT, 1, buckets=3, message_seconds=o,
+                      host_bandwidth=GB) == exact(0.128 + 24 * o + 2e-4)
+    assert ps_seconds(4, 10**5, GB, LAT, 4, buckets=3, message_seconds=o) == exact(
+        18 * o + 2e-4)
+    # o = 0 and no host figures (the defaults) is the plain alpha-beta model
     assert ring_seconds(4, b, GB, LAT, buckets=7) == exact(ring_seconds(4, b, GB, LAT))
     with pytest.raises(PlanError, match="buckets=0 must be an int >= 1"):
         ring_seconds(4, b, GB, LAT, buckets=0)
@@ -264,7 +277,8 @@ def test_link_profile_lookup_and_validation() -> None:
 
 
 def test_profile_turns_ps_on_for_small_messages_on_shared_cores() -> None:
-    """3 replicas sharing a host's cores, 256 KiB in one bucket on one ps shard: the plain
+    """3 replicas sharing a host's cores (loopback: the host figures are the link's, so copies
+    and messages add to the wire time), 256 KiB in one bucket on one ps shard: the plain
     model picks ring (the shard's link carries 2(N-1)·B), the measured profile picks ps: 12 ring
     messages vs 4, 3 ring flows share the cores (400 MB/s each) while the fan-in of 2 gets 1 GB/s
     and the fan-out 1.6 GB/s."""
@@ -273,17 +287,20 @@ def test_profile_turns_ps_on_for_small_messages_on_shared_cores() -> None:
     b = 256 * 1024
     plain = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1)
     assert plain.method == "ring"
-    p = LinkProfile(message_seconds=2e-4, ring_bandwidth=((3, 4e8),),
-                    fanin_bandwidth=((2, 1e9),), fanout_bandwidth=((2, 1.6e9),))
+    loopback = LinkProfile(ring_bandwidth=((3, 4e8),), fanin_bandwidth=((2, 1e9),),
+                           fanout_bandwidth=((2, 1.6e9),))
+    p = dataclasses.replace(loopback, message_seconds=2e-4, host=loopback)
     d = choose_sync(groups, c, b, ps_busiest_bytes=b, buckets=1, profile=p)
     ring = 4 / 3 * b / 4e8 + 4 * 2.5e-4 + 12 * 2e-4                # 4.27 ms
     ps = 2 * b / 1e9 + 2 * b / 1.6e9 + 2 * 2.5e-4 + 4 * 2e-4        # 2.15 ms
     assert d.costs == (("ps", exact(ps)), ("ring", exact(ring)))
     assert d.method == "ps"
-    assert d.reason == ("ps: (N-1)·L/bw_in + (N-1)·L/bw_out + 2·lat + 2(N-1)·k·o = 2.2 ms  <  "
-                        "ring: 2(N-1)/N·B/bw + 2(N-1)·lat + 2N(N-1)·k·o = 4.3 ms  "
-                        "[N=3, S=3, B=256.00 KiB, bw=400.0 MB/s, lat=250 us, "
-                        "ps bw_in=1.00 GB/s bw_out=1.60 GB/s lat=250 us, k=1 o=200 us, "
+    assert d.reason == ("ps: max((N-1)·L·(1/bw_in + 1/bw_out), host copies + 2(N-1)·k·o) "
+                        "+ 2·lat = 2.2 ms  <  "
+                        "ring: max(2(N-1)/N·B/bw, host copies + 2N(N-1)·k·o) + 2(N-1)·lat "
+                        "= 4.3 ms  [N=3, S=3, B=256.00 KiB, bw=400.0 MB/s, lat=250 us, "
+                        "ps bw=1.00 GB/s bw_in=1.00 GB/s bw_out=1.60 GB/s lat=250 us, "
+                        "k=1 o=200 us, host ring=400.0 MB/s in=1.00 GB/s out=1.60 GB/s, "
                         "L=256.00 KiB (busiest shard)]")
 
 
@@ -298,8 +315,9 @@ def test_profile_alltoall_bandwidth_charges_ps_contention() -> None:
     p = LinkProfile(message_seconds=1.8e-4, ring_bandwidth=((4, 1.1e7),),
                     alltoall_bandwidth=((4, 0.85 * 1.1e7),))
     d = choose_sync(groups, c, b, ps_busiest_bytes=b // 4, buckets=16, profile=p)
-    ring = 1.5 * b / 1.1e7 + 6 * 2.5e-4 + 2 * 4 * 3 * 16 * 1.8e-4
-    ps = 6 * (b / 4) / (0.85 * 1.1e7) + 2 * 2.5e-4 + 2 * 3 * 16 * 1.8e-4
+    # the 384 ring messages (69 ms) and 96 ps messages hide behind seconds on the wire
+    ring = 1.5 * b / 1.1e7 + 6 * 2.5e-4
+    ps = 6 * (b / 4) / (0.85 * 1.1e7) + 2 * 2.5e-4
     assert dict(d.costs) == {"ring": exact(ring), "ps": exact(ps)}
     assert d.method == "ring"
 
@@ -312,3 +330,24 @@ def test_default_bucket_count_follows_the_fusion_size() -> None:
     assert dict(d.costs)["ring"] == exact(ring_seconds(4, 18 * 10**6, GB, LAT, buckets=5,
                                                        message_seconds=1e-4))
     assert "k=5 o=100 us" in d.reason
+
+
+def test_uneven_ps_shards_bounded_by_the_busiest_or_the_total() -> None:
+    """3 replicas, 16 MiB in buckets of 7.75/7.75/0.5 MiB on 3 shards. Busiest shard L = 7.75 MiB
+    pushed in from 2 peers at 1 GB/s and pulled out at 1.2 GB/s; all the traffic, 2(N-1)·B =
+    64 MiB, over the 3 nodes' all-to-all speed of 400 MB/s each. The slower bounds the step."""
+    c = flat(3, 1e9, 2.5e-4)
+    b, big = 16 * MIB, 31 * MIB // 4
+    p = LinkProfile(ring_bandwidth=((3, 4.5e8),), alltoall_bandwidth=((3, 4e8),),
+                    fanin_bandwidth=((2, 1e9),), fanout_bandwidth=((2, 1.2e9),))
+    d = choose_sync(one_per_device(c), c, b, ps_busiest_bytes=big, buckets=3, profile=p)
+    own = 2 * big * (1 / 1e9 + 1 / 1.2e9)                   # 29.8 ms
+    total = 2 * 2 * b / (3 * 4e8)                           # 55.9 ms
+    assert dict(d.costs)["ps"] == exact(max(own, total) + 2 * 2.5e-4)
+    assert dict(d.costs)["ring"] == exact(4 / 3 * b / 4.5e8 + 4 * 2.5e-4)
+    assert d.method == "ring"
+    # the same layout with one fast shard ingress but slow all-to-all: still the total
+    slow = dataclasses.replace(p, alltoall_bandwidth=((3, 2e8),))
+    d2 = choose_sync(one_per_device(c), c, b, ps_busiest_bytes=big, buckets=3, profile=slow)
+    assert dict(d2.costs)["ps"] == exact(2 * 2 * b / (3 * 2e8) + 2 * 2.5e-4)
+    assert "max(2(N-1)·B/(N·bw), (N-1)·L·(1/bw_in + 1/bw_out)) + 2·lat" in d.reason

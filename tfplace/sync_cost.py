@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from tfplace.cluster import Cluster, task_prefix
 from tfplace.errors import PlanError
+from tfplace.link_profile import LinkProfile
 
 if TYPE_CHECKING:
     from tfplace.plan import Bucket, GradientSyncPlan
@@ -63,28 +64,39 @@ def _check(n: int, nbytes: float, bandwidth: float, latency: float, what: str = 
         raise PlanError(f"link latency must be >= 0 s (got {latency})")
 
 
+def _overlapped(wire: float, host: float, messages: float) -> float:
+    """A transfer pattern's seconds without latency: the link and the hosts work at once, so the
+    slower of the wire time and the host time (bytes copied + per-message work) bounds it."""
+    return max(wire, host + messages)
+
+
 def ring_seconds(n: int, nbytes: float, bandwidth: float, latency: float, *,
-                 buckets: int = 1, message_seconds: float = 0.0) -> float:
+                 buckets: int = 1, message_seconds: float = 0.0,
+                 host_bandwidth: float | None = None) -> float:
     """Ring all-reduce of `nbytes` over `n` nodes, in `buckets` fusion buckets:
 
-        2(n-1)/n · B/bw + 2(n-1)·lat + 2n(n-1)·k·o        (0 when n == 1)
+        max(2(n-1)/n · B/bw,  2(n-1)/n · B/bw_host + 2n(n-1)·k·o) + 2(n-1)·lat   (0 when n == 1)
 
     n-1 reduce-scatter steps then n-1 all-gather steps, each moving B/n bytes per link; the
     k buckets run concurrently, so the 2(n-1) sequential latencies are paid once. Every step of
     every bucket sends n chunk messages (one per node): 2n(n-1)·k messages of o host seconds
-    each (o = 0 when the nodes do not share cores).
+    each. The hosts' work (copying the bytes at bw_host, the messages) overlaps the wire: on a
+    slow link it hides behind the transfer, on loopback (bw = bw_host) it adds to it. Without
+    bw_host the copies are free; with o = 0 too this is the plain alpha-beta model.
     """
     _check(n, nbytes, bandwidth, latency)
     _check(buckets, nbytes, bandwidth, message_seconds, "buckets")
     if n == 1:
         return 0.0
-    return (2 * (n - 1) / n * nbytes / bandwidth + 2 * (n - 1) * latency
-            + 2 * n * (n - 1) * buckets * message_seconds)
+    moved = 2 * (n - 1) / n * nbytes
+    host = moved / host_bandwidth if host_bandwidth else 0.0
+    return (_overlapped(moved / bandwidth, host, 2 * n * (n - 1) * buckets * message_seconds)
+            + 2 * (n - 1) * latency)
 
 
 def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: int, *,
                colocated: bool | None = None, buckets: int = 1,
-               message_seconds: float = 0.0) -> float:
+               message_seconds: float = 0.0, host_bandwidth: float | None = None) -> float:
     """Parameter-server sync of `nbytes` from `n` workers over `shards` shards balanced by bytes.
 
     Every worker pushes B/S to each shard and pulls the fresh B/S back; the bottleneck is the
@@ -97,7 +109,8 @@ def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: 
     A dedicated shard receives n·B/S and sends n·B/S (with S > n, each worker's own B is the
     busier link). A colocated shard's own worker does not cross the network, hence n-1.
     `colocated` defaults to `shards == n` (one shard on every worker). Each of the k buckets
-    adds its messages, n-1 pushes and n-1 pulls (n of each when dedicated): + 2(n-1)·k·o.
+    brings its messages, n-1 pushes and n-1 pulls (n of each when dedicated), 2(n-1)·k·o, which
+    with the bytes at bw_host overlap the wire as in `ring_seconds`.
     """
     _check(n, nbytes, bandwidth, latency)
     _check(shards, nbytes, bandwidth, latency, "shards")
@@ -110,10 +123,13 @@ def ps_seconds(n: int, nbytes: float, bandwidth: float, latency: float, shards: 
                             f"(got {n}); use shards <= {n} or dedicated shards")
         if n == 1:
             return 0.0
-        return (2 * (n - 1) * nbytes / (shards * bandwidth) + 2 * latency
-                + 2 * (n - 1) * buckets * message_seconds)
-    return (2 * max(n, shards) * nbytes / (shards * bandwidth) + 2 * latency
-            + 2 * n * buckets * message_seconds)
+        moved = 2 * (n - 1) * nbytes / shards
+        messages = 2 * (n - 1) * buckets * message_seconds
+    else:
+        moved = 2 * max(n, shards) * nbytes / shards
+        messages = 2 * n * buckets * message_seconds
+    host = moved / host_bandwidth if host_bandwidth else 0.0
+    return _overlapped(moved / bandwidth, host, messages) + 2 * latency
 
 
 def hierarchical_seconds(workers: int, devices_per_worker: int, nbytes: float, intra_bw: float,
@@ -132,47 +148,6 @@ def hierarchical_seconds(workers: int, devices_per_worker: int, nbytes: float, i
     d = devices_per_worker
     within = (d - 1) / d * nbytes / intra_bw + (d - 1) * intra_lat
     return 2 * within + ring_seconds(workers, nbytes, inter_bw, inter_lat)
-
-
-@dataclass(frozen=True)
-class LinkProfile:
-    """What a link calibration measured beyond one link's bandwidth and latency.
-
-    message_seconds     o, host seconds per message while many are in flight (>= 0)
-    ring_bandwidth      ((m, bytes/s per flow while m ring flows run at once), ...)
-    alltoall_bandwidth  ((m, bytes/s into each node while m nodes all send to each other), ...)
-    fanin_bandwidth     ((k, aggregate bytes/s into one node from k senders at once), ...)
-    fanout_bandwidth    ((k, aggregate bytes/s out of one node to k receivers at once), ...)
-
-    A count with no entry uses the cluster's link bandwidth (the plain model).
-    """
-
-    message_seconds: float = 0.0
-    ring_bandwidth: tuple[tuple[int, float], ...] = ()
-    alltoall_bandwidth: tuple[tuple[int, float], ...] = ()
-    fanin_bandwidth: tuple[tuple[int, float], ...] = ()
-    fanout_bandwidth: tuple[tuple[int, float], ...] = ()
-
-    def __post_init__(self) -> None:
-        bad = [f"message_seconds={self.message_seconds!r}"] if not self.message_seconds >= 0 \
-            else []
-        bad += [f"{m}: {bw!r}" for m, bw in self.ring_bandwidth + self.alltoall_bandwidth
-                + self.fanin_bandwidth + self.fanout_bandwidth if not bw > 0]
-        if bad:
-            raise PlanError(f"link profile figures must be positive ({', '.join(bad)}); "
-                            "recalibrate the links")
-
-    def ring_bw(self, n: int, default: float) -> float:
-        return dict(self.ring_bandwidth).get(n, default)
-
-    def alltoall_bw(self, n: int, default: float) -> float:
-        return dict(self.alltoall_bandwidth).get(n, default)
-
-    def fanin_bw(self, k: int, default: float) -> float:
-        return dict(self.fanin_bandwidth).get(k, default)
-
-    def fanout_bw(self, k: int, default: float) -> float:
-        return dict(self.fanout_bandwidth).get(k, default)
 
 
 @dataclass(frozen=True)
@@ -265,34 +240,43 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     ring_bw, ring_lat = _slowest(cluster, _ring_pairs(leaders))
     ps_bw, ps_lat = _slowest(cluster, list(combinations(leaders, 2)))
     prof = profile if profile is not None else LinkProfile()
+    host = prof.host if prof.host is not None else LinkProfile()
     o = prof.message_seconds
     ps_in, ps_out = prof.fanin_bw(n - 1, ps_bw), prof.fanout_bw(n - 1, ps_bw)
     ring_bw, ps_bw = prof.ring_bw(n, ring_bw), prof.alltoall_bw(n, ps_bw)
+    host_ring, host_a2a = host.ring_bw(n, None), host.alltoall_bw(n, None)
+    host_in, host_out = host.fanin_bw(n - 1, host_a2a), host.fanout_bw(n - 1, host_a2a)
     one_aggregator = ps_busiest_bytes is not None and ps_busiest_bytes >= grad_bytes
     if buckets is None:
         fusion = default_fusion_bytes(n, ring_bw, ring_lat, max(grad_bytes, 1))
         buckets = max(1, math.ceil(grad_bytes / fusion))
     k = buckets
     costs = {"ring": ring_seconds(n, grad_bytes, ring_bw, ring_lat, buckets=k,
-                                  message_seconds=o),
+                                  message_seconds=o, host_bandwidth=host_ring),
              "ps": ps_seconds(n, grad_bytes, ps_bw, ps_lat, shards, buckets=k,
-                              message_seconds=o)}
+                              message_seconds=o, host_bandwidth=host_a2a)}
     if ps_busiest_bytes is not None and n > 1:
         # the shards the rewrite really makes (one per bucket, least-loaded first) are rarely
-        # balanced: the busiest one, L bytes, bounds the step: 2(N-1)·L/bw + 2·lat
-        if one_aggregator:
-            push_pull = (n - 1) * ps_busiest_bytes * (1 / ps_in + 1 / ps_out)
-        else:
-            push_pull = 2 * (n - 1) * ps_busiest_bytes / ps_bw
-        costs["ps"] = push_pull + 2 * ps_lat + 2 * (n - 1) * k * o
+        # balanced: the busiest one (L bytes) at its own fan-in/fan-out speed, or all the
+        # traffic at the all-to-all speed, whichever is slower, bounds the step
+        wire = _ps_busiest(n, grad_bytes, ps_busiest_bytes, ps_bw, ps_in, ps_out, one_aggregator)
+        copies = (_ps_busiest(n, grad_bytes, ps_busiest_bytes, host_a2a or 1.0, host_in,
+                              host_out, one_aggregator)
+                  if host_in and host_out and (host_a2a or one_aggregator) else 0.0)
+        costs["ps"] = _overlapped(wire, copies, 2 * (n - 1) * k * o) + 2 * ps_lat
     figures = [f"N={n}", f"S={shards}", f"B={_bytes(grad_bytes)}",
                f"bw={_bw(ring_bw)}", f"lat={ring_lat * 1e6:.3g} us"]
-    if one_aggregator and n > 1 and (ps_in, ps_out) != (ps_bw, ps_bw):
-        figures.append(f"ps bw_in={_bw(ps_in)} bw_out={_bw(ps_out)} lat={ps_lat * 1e6:.3g} us")
+    in_out = ps_busiest_bytes is not None and n > 1 and (ps_in, ps_out) != (ps_bw, ps_bw)
+    if in_out:
+        figures.append(f"ps bw={_bw(ps_bw)} bw_in={_bw(ps_in)} bw_out={_bw(ps_out)} "
+                       f"lat={ps_lat * 1e6:.3g} us")
     elif (ps_bw, ps_lat) != (ring_bw, ring_lat):
         figures.append(f"ps bw={_bw(ps_bw)} lat={ps_lat * 1e6:.3g} us")
     if o:
         figures.append(f"k={k} o={o * 1e6:.3g} us")
+    if host_ring or host_a2a:
+        figures.append("host " + " ".join(f"{name}={_bw(v)}" for name, v in (
+            ("ring", host_ring), ("a2a", host_a2a), ("in", host_in), ("out", host_out)) if v))
 
     by_task: dict[str, list[str]] = {}
     for lead in leaders:
@@ -312,13 +296,17 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     formula = dict(_FORMULAS, ps=_FORMULAS["ps_colocated" if shards == n else "ps"])
     if ps_busiest_bytes is not None and n > 1:
         formula["ps"] = "2(N-1)·L/bw + 2·lat"
-        if one_aggregator and (ps_in, ps_out) != (ps_bw, ps_bw):
-            formula["ps"] = "(N-1)·L/bw_in + (N-1)·L/bw_out + 2·lat"
+        if in_out:
+            formula["ps"] = ("(N-1)·L·(1/bw_in + 1/bw_out) + 2·lat" if one_aggregator else
+                             "max(2(N-1)·B/(N·bw), (N-1)·L·(1/bw_in + 1/bw_out)) + 2·lat")
         figures.append(f"L={_bytes(ps_busiest_bytes)} (busiest shard)")
-    if o:
-        formula["ring"] += " + 2N(N-1)·k·o"
-        formula["ps"] += " + 2(N-1)·k·o" if shards == n or ps_busiest_bytes is not None \
-            else " + 2N·k·o"
+    if o or host_ring or host_a2a:
+        copies = "host copies + " if host_ring or host_a2a else ""
+        messages = {"ring": "2N(N-1)·k·o", "ps": "2(N-1)·k·o" if shards == n
+                    or ps_busiest_bytes is not None else "2N·k·o"}
+        for m, msgs in messages.items():
+            wire, lat = formula[m].rsplit(" + ", 1)
+            formula[m] = f"max({wire}, {copies}{msgs}) + {lat}"
     chain = ""
     for i, m in enumerate(order):
         if i:
@@ -329,6 +317,15 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
         reason = f"{requested} (requested); {reason}"
     return SyncDecision(method=method, costs=tuple(sorted(costs.items())),
                         exposed_seconds=max(0.0, costs[method] - backward_seconds), reason=reason)
+
+
+def _ps_busiest(n: int, total: float, busiest: float, a2a: float, bw_in: float,
+                bw_out: float, one_aggregator: bool) -> float:
+    """Wire seconds of a ps whose busiest shard aggregates `busiest` bytes per replica:
+    its pushes in and pulls out, (N-1)·L·(1/bw_in + 1/bw_out); with several shards at least
+    all the traffic, 2(N-1)·B over the N nodes' all-to-all speed."""
+    own = (n - 1) * busiest * (1 / bw_in + 1 / bw_out)
+    return own if one_aggregator else max(own, 2 * (n - 1) * total / (n * a2a))
 
 
 def plan_buckets(grad_bytes: Sequence[int], fusion_bytes: int) -> tuple[tuple[int, ...], ...]:

@@ -877,7 +877,8 @@ def report(a, replicas, payloads, rates, results, netns, cal) -> None:
                 ring_ms = statistics.median(ring_t) * 1e3
                 ps_ms = statistics.median(ps_t) * 1e3
                 sizes, targets = r["layouts"][f"{rate}|{nb}"]
-                cluster = cluster_for(n, rate)
+                # the profile rides on the cluster, as a cluster YAML's link_profile does
+                cluster = dataclasses.replace(cluster_for(n, rate), link_profile=profile)
                 groups = [[d] for d in cluster.names]
                 load = [0] * n
                 for s_, t_ in zip(sizes, targets):
@@ -885,9 +886,8 @@ def report(a, replicas, payloads, rates, results, netns, cal) -> None:
                 # as plan_data_parallel asks it (ps costed on the busiest real shard), plus
                 # the bucket count and the link calibration's profile
                 dec = choose_sync(groups, cluster, nb, requested="auto",
-                                  ps_busiest_bytes=max(load), buckets=len(sizes),
-                                  profile=profile)
-                plain = choose_sync(groups, cluster, nb, requested="auto",
+                                  ps_busiest_bytes=max(load), buckets=len(sizes))
+                plain = choose_sync(groups, cluster_for(n, rate), nb, requested="auto",
                                     ps_busiest_bytes=max(load)).method
                 costs = dict(dec.costs)
                 ratio = ps_ms / ring_ms

@@ -1,6 +1,7 @@
 """Cluster YAML and TF_CONFIG parsing: valid input and every malformed case, by message."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -192,3 +193,28 @@ def test_tf_config_malformed(value: str, text: str) -> None:
 def test_tf_config_json_error_has_position() -> None:
     with pytest.raises(ClusterError, match=r"line 1, column \d+ \(char \d+\)"):
         parse_tf_config('{"cluster": {"worker": ["h:1",]}}')
+
+
+def test_link_profile_parses_round_trips_and_reports_bad_figures() -> None:
+    from tfplace.cluster import Cluster
+    from tfplace.link_profile import LinkProfile
+    c = parse_yaml_text(VALID + """
+link_profile:
+  message_seconds: 190us
+  ring_bandwidth: {2: 628MB/s, 3: 447MB/s}
+  fanin_bandwidth: {1: 1GB/s}
+  host: {alltoall_bandwidth: {3: 2.4Gbps}}
+""")
+    assert c.link_profile.message_seconds == pytest.approx(1.9e-4)
+    assert dataclasses.replace(c.link_profile, message_seconds=0.0) == LinkProfile(
+        ring_bandwidth=((2, 6.28e8), (3, 4.47e8)),
+        fanin_bandwidth=((1, 1e9),), host=LinkProfile(alltoall_bandwidth=((3, 3e8),)))
+    assert Cluster.from_proto(c.to_proto()) == c
+    assert parse_yaml_text(VALID).link_profile is None
+    msg = _error(VALID + "link_profile: {message_second: 1, ring_bandwidth: {0: fast}, "
+                 "fanout_bandwidth: {2: -1}, host: {host: {}}}\n")
+    assert "unknown key 'message_second' in link_profile; did you mean 'message_seconds'?" in msg
+    assert "link_profile.ring_bandwidth: count 0 must be an int >= 1" in msg
+    assert "link_profile.fanout_bandwidth[2] = -1: must be > 0 bytes/s" in msg
+    assert "unknown key 'host' in link_profile.host" in msg
+    assert "4 problems" in msg

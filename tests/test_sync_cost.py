@@ -351,3 +351,19 @@ def test_uneven_ps_shards_bounded_by_the_busiest_or_the_total() -> None:
     d2 = choose_sync(one_per_device(c), c, b, ps_busiest_bytes=big, buckets=3, profile=slow)
     assert dict(d2.costs)["ps"] == exact(2 * 2 * b / (3 * 2e8) + 2 * 2.5e-4)
     assert "max(2(N-1)·B/(N·bw), (N-1)·L·(1/bw_in + 1/bw_out)) + 2·lat" in d.reason
+
+
+def test_the_cluster_link_profile_is_used_when_none_is_passed() -> None:
+    loopback = LinkProfile(ring_bandwidth=((3, 4e8),), fanin_bandwidth=((2, 1e9),),
+                           fanout_bandwidth=((2, 1.6e9),))
+    p = dataclasses.replace(loopback, message_seconds=2e-4, host=loopback)
+    c = flat(3, 1e9, 2.5e-4)
+    b = 256 * 1024
+    given = choose_sync(one_per_device(c), c, b, ps_busiest_bytes=b, buckets=1, profile=p)
+    carried = dataclasses.replace(c, link_profile=p)
+    d = choose_sync(one_per_device(carried), carried, b, ps_busiest_bytes=b, buckets=1)
+    assert d == given and d.method == "ps"
+    # an explicit profile wins over the cluster's
+    plain = choose_sync(one_per_device(carried), carried, b, ps_busiest_bytes=b, buckets=1,
+                        profile=LinkProfile())
+    assert plain.method == "ring"

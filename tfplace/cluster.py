@@ -84,6 +84,7 @@ class Cluster:
     default_bandwidth: float = DEFAULT_BANDWIDTH
     default_latency: float = DEFAULT_LATENCY
     tasks: tuple[Task, ...] = ()
+    link_profile: Any = None      # a measured tfplace.link_profile.LinkProfile, or None
     _launcher: Any = field(default=None, compare=False, repr=False)
 
     # -- construction -------------------------------------------------------------------------
@@ -186,6 +187,8 @@ class Cluster:
         p.links.extend(ln.to_proto() for ln in self.links)
         p.tasks.extend(cluster_pb2.Task(job=t.job, index=t.index, address=t.address)
                        for t in self.tasks)
+        if self.link_profile is not None:
+            p.link_profile.CopyFrom(self.link_profile.to_proto())
         return p
 
     @classmethod
@@ -194,10 +197,18 @@ class Cluster:
                    links=tuple(Link.from_proto(ln) for ln in p.links),
                    default_bandwidth=float(p.default_bandwidth),
                    default_latency=float(p.default_latency),
-                   tasks=tuple(Task(t.job, int(t.index), t.address) for t in p.tasks))
+                   tasks=tuple(Task(t.job, int(t.index), t.address) for t in p.tasks),
+                   link_profile=_profile_from_proto(p))
 
     def without_runtime(self) -> "Cluster":
         return dataclasses.replace(self, _launcher=None)
+
+
+def _profile_from_proto(p: Any) -> Any:
+    if not p.HasField("link_profile"):
+        return None
+    from tfplace.link_profile import LinkProfile
+    return LinkProfile.from_proto(p.link_profile)
 
 
 def grpc_cluster(tasks: Iterable[Task], devices_per_task: int, *, memory: int = DEFAULT_MEMORY,

@@ -15,7 +15,9 @@ from tfplace.errors import ClusterError, bullets
 __all__ = ["load_yaml", "parse_yaml_text", "parse_tf_config", "parse_bytes", "parse_bandwidth",
            "parse_seconds", "parse_address"]
 
-TOP_KEYS = ("devices", "links", "default_link", "tasks")
+TOP_KEYS = ("devices", "links", "default_link", "tasks", "link_profile")
+PROFILE_KEYS = ("message_seconds", "ring_bandwidth", "alltoall_bandwidth", "fanin_bandwidth",
+                "fanout_bandwidth", "host")
 DEVICE_KEYS = ("name", "kind", "memory", "flops")
 LINK_KEYS = ("between", "bandwidth", "latency")
 DEFAULT_LINK_KEYS = ("bandwidth", "latency")
@@ -279,11 +281,45 @@ def parse_yaml_text(text: str, *, source: str = "<cluster yaml>") -> Cluster:
             _unknown_keys("default_link", dl, DEFAULT_LINK_KEYS, problems)
             bandwidth = _field("default_link", dl, "bandwidth", parse_bandwidth, bandwidth, problems)
             latency = _field("default_link", dl, "latency", parse_seconds, latency, problems)
+    profile = (_parse_profile("link_profile", doc["link_profile"], problems)
+               if doc.get("link_profile") is not None else None)
     if problems:
         raise ClusterError(bullets(f"{source}: invalid cluster ({len(problems)} problem"
                                    f"{'s' if len(problems) > 1 else ''}):", problems))
     return Cluster(devices=tuple(devices), links=tuple(links), default_bandwidth=bandwidth,
-                   default_latency=latency, tasks=tuple(tasks))
+                   default_latency=latency, tasks=tuple(tasks), link_profile=profile)
+
+
+def _parse_profile(where: str, raw: Any, problems: list[str]) -> Any:
+    """link_profile: {message_seconds: 190us, ring_bandwidth: {3: 447MB/s}, ..., host: {...}}."""
+    from tfplace.link_profile import LinkProfile
+    if not isinstance(raw, dict):
+        problems.append(f"{where} = {raw!r}: expected a mapping like "
+                        "{message_seconds: 190us, ring_bandwidth: {3: 447MB/s}}")
+        return None
+    _unknown_keys(where, raw, PROFILE_KEYS if where == "link_profile" else PROFILE_KEYS[:-1],
+                  problems)
+    figures: dict[str, Any] = {}
+    for key in PROFILE_KEYS[1:-1]:
+        table = raw.get(key) or {}
+        if not isinstance(table, dict):
+            problems.append(f"{where}.{key} = {table!r}: expected a mapping of peer count to "
+                            "bytes/s, like {2: 628MB/s, 3: 447MB/s}")
+            continue
+        rows = []
+        for count, bw in table.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                problems.append(f"{where}.{key}: count {count!r} must be an int >= 1")
+                continue
+            try:
+                rows.append((count, parse_bandwidth(bw)))
+            except ValueError as e:
+                problems.append(f"{where}.{key}[{count}] = {bw!r}: {e}")
+        figures[key] = tuple(rows)
+    o = _field(where, raw, "message_seconds", parse_seconds, 0.0, problems)
+    host = (_parse_profile(f"{where}.host", raw["host"], problems)
+            if where == "link_profile" and raw.get("host") is not None else None)
+    return LinkProfile(message_seconds=o, host=host, **figures)
 
 
 def load_yaml(path: str | os.PathLike[str]) -> Cluster:

@@ -81,7 +81,8 @@ def plan_data_parallel(captured: Any, cluster: Cluster, *, replicas: int | str, 
         decision = choose_sync(groups, cluster, total,
                                backward_seconds=0.6 * base.predicted_step_seconds,
                                requested=sync,
-                               ps_busiest_bytes=max(loads.values()) if loads else 0)
+                               ps_busiest_bytes=max(loads.values()) if loads else 0,
+                               buckets=max(1, len(buckets)))
     sync_plan = gradient_sync_plan(decision, replicas=len(groups), fusion_bytes=fusion_bytes,
                                    backend=backend)
     sparse = [m for m in captured.gradients if m.sparse]

@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tfplace.errors import PlanError
 
-__all__ = ["LinkProfile"]
+__all__ = ["LinkProfile", "PATTERNS"]
+
+# the measured patterns: field name, proto field, YAML key
+PATTERNS = (("ring_bandwidth", "ring"), ("alltoall_bandwidth", "alltoall"),
+            ("fanin_bandwidth", "fanin"), ("fanout_bandwidth", "fanout"))
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class LinkProfile:
     host: "LinkProfile | None" = None
 
     def __post_init__(self) -> None:
+        for attr, _field in PATTERNS:          # one order, so equal profiles compare equal
+            object.__setattr__(self, attr, tuple(sorted((int(m), float(bw))
+                                                        for m, bw in getattr(self, attr))))
         bad = [f"message_seconds={self.message_seconds!r}"] if not self.message_seconds >= 0 \
             else []
         bad += [f"{m}: {bw!r}" for m, bw in self.ring_bandwidth + self.alltoall_bandwidth
@@ -52,3 +60,20 @@ class LinkProfile:
 
     def fanout_bw(self, k: int, default: float | None) -> float | None:
         return dict(self.fanout_bandwidth).get(k, default)
+
+    def to_proto(self) -> Any:
+        from tfplace._pb import cluster_pb2
+        p = cluster_pb2.LinkProfile(message_seconds=self.message_seconds)
+        for attr, field in PATTERNS:
+            getattr(p, field).extend(cluster_pb2.BandwidthAt(count=m, bandwidth=bw)
+                                     for m, bw in sorted(getattr(self, attr)))
+        if self.host is not None:
+            p.host.CopyFrom(self.host.to_proto())
+        return p
+
+    @classmethod
+    def from_proto(cls, p: Any) -> "LinkProfile":
+        figures = {attr: tuple((int(e.count), float(e.bandwidth)) for e in getattr(p, field))
+                   for attr, field in PATTERNS}
+        host = cls.from_proto(p.host) if p.HasField("host") else None
+        return cls(message_seconds=float(p.message_seconds), host=host, **figures)

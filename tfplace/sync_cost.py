@@ -218,7 +218,8 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
             bw_in/lat_in = the slowest link between replicas of one task, bw/lat = the slowest
             link around the ring of the tasks' first replicas.
     `buckets` k = fusion buckets (None: ceil(B / default_fusion_bytes) on the ring's link).
-    `profile` (a link calibration): o = its message_seconds; ring's bw = its per-flow bandwidth
+    `profile` (a link calibration; None: the cluster's `link_profile`, if any): o = its
+    message_seconds; ring's bw = its per-flow bandwidth
     with N ring flows at once, ps's bw = its per-node all-to-all bandwidth among N, bw_in /
     bw_out = its fan-in / fan-out bandwidth of N-1 peers; a count it does not cover keeps the
     link's bandwidth (bw_in = bw_out = bw: the plain 2(N-1)·L/bw).
@@ -239,7 +240,7 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     shards = n if ps_shards is None else ps_shards
     ring_bw, ring_lat = _slowest(cluster, _ring_pairs(leaders))
     ps_bw, ps_lat = _slowest(cluster, list(combinations(leaders, 2)))
-    prof = profile if profile is not None else LinkProfile()
+    prof = profile if profile is not None else (cluster.link_profile or LinkProfile())
     host = prof.host if prof.host is not None else LinkProfile()
     o = prof.message_seconds
     ps_in, ps_out = prof.fanin_bw(n - 1, ps_bw), prof.fanout_bw(n - 1, ps_bw)

@@ -19,16 +19,17 @@ from tfplace.capture import Captured
 from tfplace.cluster import Cluster
 from tfplace.costs import Calibration, family
 from tfplace.errors import PlanError, bullets
-from tfplace.memory import device_peaks, fmt_bytes
+from tfplace.memory import fmt_bytes
 from tfplace.plan import Plan
 from tfplace.splits.auto import AutoChoice, SpeedCandidate, choose_for_speed
 from tfplace.splits.layout import Layout, S
-from tfplace.splits.memory_fit import VariableSize, fit_memory, split_axis
+from tfplace.splits.memory_fit import VariableSize, split_axis, split_order
 from tfplace.splits.splitplan import SplitPlan
 
-__all__ = ["plan_split_step", "speed_candidates", "MAX_SPEED_CANDIDATES"]
+__all__ = ["plan_split_step", "speed_candidates", "MAX_SPEED_CANDIDATES", "MAX_MEMORY_SPLITS"]
 
 MAX_SPEED_CANDIDATES = 6          # the largest trainable variables tried for a speed split
+MAX_MEMORY_SPLITS = 8             # ... and split one more at a time for memory
 _UNLIMITED = 2**62
 
 
@@ -51,9 +52,8 @@ def plan_split_step(captured: Captured, cluster: Cluster, spec: Any, *, placer: 
     try:
         whole = make_plan(dag, cluster, placer=placer, variables=captured.variables,
                           calibration=calib, fingerprint=fp)
-    except PlanError:
-        split_plan = _memory_splits(dag, captured, cluster, attrs, placer, calib)
-        return _place(dag, captured, cluster, split_plan, placer, calib, fp)
+    except PlanError as e:
+        return _memory_splits(dag, captured, cluster, attrs, placer, calib, fp, e)
     choices, plans = speed_candidates(dag, captured, cluster, attrs, calib)
     chosen = [c for c in choices if c.chosen]
     if not chosen:
@@ -87,27 +87,33 @@ def _boxing_seconds(plan: SplitPlan, cluster: Cluster) -> float:
 
 
 def _memory_splits(dag: OpDag, captured: Captured, cluster: Cluster, attrs: Any, placer: str,
-                   calib: Calibration) -> SplitPlan:
-    """The split plan of fit_memory's splits of the unsplit plan's over-full devices."""
-    from tfplace.planner import make_plan
+                   calib: Calibration, fingerprint: str, whole: PlanError) -> Plan:
+    """Split the largest variables (with their tied slots) one more at a time, in split_order,
+    until the split plan passes the memory check; PlanError with the last check's figures."""
     from tfplace.splits.slots import tied_variables
-    loose = make_plan(dag, _relaxed(cluster), placer=placer, variables=captured.variables,
-                      calibration=calib)
-    placement = {o.name: o.device for o in loose.ops}
-    peaks = device_peaks(dag, placement, cluster)
     by_node = {v.node: v for v in captured.variables}
     tied = {n: g for g in tied_variables(dag, by_node) for n in g}
     sizes = [VariableSize(v.name, tuple(v.shape),
-                          sum(by_node[n].nbytes for n in tied.get(v.node, (v.node,))),
-                          placement[v.node])
-             for v in captured.variables if v.trainable and v.node in placement]
-    fit = fit_memory(sizes, {d.name: d.memory for d in cluster.devices},
-                     {d: peak for d, (_params, peak) in peaks.items()}, devices=cluster.names)
-    split_plan = _propagate(dag, captured, cluster, fit.layouts(), attrs)
-    box = _boxing_seconds(split_plan, cluster)
-    return dataclasses.replace(split_plan, auto=tuple(
-        AutoChoice(s.variable, s.layout, len(split_plan.devices), "memory", 0.0, box, True)
-        for s in fit.splits))
+                          sum(by_node[n].nbytes for n in tied.get(v.node, (v.node,))), "")
+             for v in captured.variables if v.trainable]
+    layouts: dict[str, Layout] = {}
+    last: PlanError = whole
+    for name, layout in split_order(sizes, len(cluster.names))[:MAX_MEMORY_SPLITS]:
+        try:
+            split_plan = _propagate(dag, captured, cluster, {**layouts, name: layout}, attrs)
+        except PlanError:                  # no signature for this split: try the next one
+            continue
+        layouts[name] = layout
+        box = _boxing_seconds(split_plan, cluster)
+        split_plan = dataclasses.replace(split_plan, auto=tuple(
+            AutoChoice(v, lay, len(split_plan.devices), "memory", 0.0, box, True)
+            for v, lay in layouts.items()))
+        try:
+            return _place(dag, captured, cluster, split_plan, placer, calib, fingerprint)
+        except PlanError as e:
+            last = e
+    tried = ", ".join(f"{v}:{lay}" for v, lay in layouts.items()) or "no variable could be split"
+    raise PlanError(f'splits="auto" could not make the plan fit (split: {tried}):\n{last}')
 
 
 def speed_candidates(dag: OpDag, captured: Captured, cluster: Cluster, attrs: Any,

@@ -39,8 +39,8 @@ def split_peaks(dag: OpDag, placement: Mapping[str, str], cluster: Cluster,
                  if o.local or any(lay != B for lay in o.inputs + o.outputs)}
     shards = {v.node: v for v in plan.variables}
     params = [0] * len(names)
-    for d, nbytes in shard_params(dag, plan).items():
-        params[pos[d]] += nbytes
+    for dev, nbytes in shard_params(dag, plan).items():
+        params[pos[dev]] += nbytes
     boxed: dict[tuple[str, int], int] = {}
     for b in plan.boxing:
         node, k = split_input(b.tensor)

@@ -71,15 +71,42 @@ def test_auto_splits_the_widest_weight_by_itself_and_trains(capped) -> None:
     assert "  memory  wide/kernel S(1) over 4: split (does not fit whole" in plan.summary()
 
 
-def test_auto_with_room_splits_nothing_and_says_why(local4) -> None:
+@pytest.fixture(scope="module")
+def captured(local4):
     from tfplace.capture import capture
-    from tfplace.split_auto import plan_split_step
     _ref, (_model, step) = models.twin("wide")
-    plan = plan_split_step(capture(step, models.data("wide"), {}), local4, "auto")
+    return capture(step, models.data("wide"), {})
+
+
+def test_auto_with_room_splits_nothing_and_says_why(captured, local4) -> None:
+    from tfplace.split_auto import plan_split_step
+    plan = plan_split_step(captured, local4, "auto")
     assert plan.splits.is_empty and not any(a.chosen for a in plan.splits.auto)
     wide = next(a for a in plan.splits.auto if a.variable == "wide/kernel")
     assert wide.reason == "speed" and wide.saved_seconds <= wide.boxing_seconds
     assert 'splits="auto": no split' in plan.summary()
+
+
+def test_auto_splits_for_speed_when_compute_dominates(captured) -> None:
+    """Devices 10^4 times slower than the links: the wide kernel's split pays for itself."""
+    from tfplace.split_auto import plan_split_step
+    slow = tfplace.Cluster.local(4, flops=2e6, configure=False)
+    plan = plan_split_step(captured, slow, "auto")
+    chosen = [a for a in plan.splits.auto if a.chosen]
+    assert [(a.variable, a.layout, a.reason) for a in chosen] == [("wide/kernel", S(1), "speed")]
+    assert chosen[0].saved_seconds > chosen[0].boxing_seconds
+    assert {v.variable for v in plan.splits.variables} >= {"wide/kernel"}
+
+
+def test_auto_that_cannot_fit_names_what_it_split_and_what_is_over(captured) -> None:
+    from tfplace.split_auto import plan_split_step
+    with pytest.raises(PlanError) as e:
+        plan_split_step(captured, parse_yaml_text(_yaml(16 * 1024)), "auto")
+    first, *rest = str(e.value).splitlines()
+    assert first == ('splits="auto" could not make the plan fit (split: wide/kernel:S(1), '
+                     'head/kernel:S(0), wide/bias:S(0), head/bias:S(0)):')   # largest first
+    assert rest[0].startswith("plan by placer 'm_etf' with splits (")
+    assert sum("> capacity 16.0 KiB" in line for line in rest) >= 1
 
 
 def test_keras_callback_auto_on_the_capped_cluster(capped) -> None:

@@ -81,3 +81,5 @@ def test_auto_choices_round_trip_and_show_in_the_summary() -> None:
         'splits="auto": no split (none saves more than its boxing costs)',
         "  speed   dense/kernel S(1) over 4: kept whole (saves 2929.7 us of compute, boxing "
         "costs 976.6 us)"]
+    assert SplitPlan(devices=()).summary() == (
+        'splits="auto": no split (no variable splits over the devices)')

@@ -14,9 +14,10 @@ def summary_table(plan: SplitPlan) -> str:
     """Deterministic text: the group, each split op, each boxing step, each split variable,
     and what splits="auto" weighed."""
     auto = [f"  {a.reason:<6}  {a.describe()}" for a in plan.auto]
-    if plan.auto and plan.is_empty:
-        return "\n".join(['splits="auto": no split (none saves more than its boxing costs)',
-                          *auto])
+    if plan.is_empty and (plan.auto or not plan.devices):     # splits="auto" chose nothing
+        why = ("none saves more than its boxing costs" if plan.auto
+               else "no variable splits over the devices")
+        return "\n".join([f'splits="auto": no split ({why})', *auto])
     lines = [f"splits on {len(plan.devices)} devices: {', '.join(plan.devices)}",
              f"split ops: {len(plan.ops)}"]
     if plan.ops:

@@ -59,7 +59,11 @@ def plan_split_step(captured: Captured, cluster: Cluster, spec: Any, *, placer: 
     if not chosen:
         return dataclasses.replace(whole, splits=SplitPlan(devices=(), auto=choices))
     split_plan = dataclasses.replace(plans[chosen[0].variable], auto=choices)
-    return _place(dag, captured, cluster, split_plan, placer, calib, fp)
+    try:
+        return _place(dag, captured, cluster, split_plan, placer, calib, fp)
+    except PlanError:                      # faster but not placeable in memory: keep it whole
+        kept = tuple(dataclasses.replace(a, chosen=False) for a in choices)
+        return dataclasses.replace(whole, splits=SplitPlan(devices=(), auto=kept))
 
 
 def _propagate(dag: OpDag, captured: Captured, cluster: Cluster,

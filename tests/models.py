@@ -50,6 +50,10 @@ def build(kind: str):
             h = L.LayerNormalization()(h + f)
         h = L.GlobalAveragePooling1D()(h)
         out = L.Dense(4)(h)
+    elif kind == "wide":                      # memory tests: one weight far larger than the rest
+        inp = keras.Input((64,))
+        h = L.Dense(128, activation="relu", name="wide")(inp)
+        out = L.Dense(4, name="head")(h)
     elif kind == "mlp_bn":                    # batch statistics: differ per micro-batch
         inp = keras.Input((12,))
         h = L.Dense(24)(inp)
@@ -68,7 +72,7 @@ def data(kind: str, batch: int = 16, seed: int = 0):
         x = rng.integers(0, 50, size=(batch, 6)).astype("int32")
         return x, rng.standard_normal((batch, 4)).astype("float32")
     shape = {"mlp": (12,), "cnn": (12, 12, 3), "transformer": (8, 16), "mlp8": (12,),
-             "encoder4": (8, 16), "mlp_bn": (12,)}[kind]
+             "encoder4": (8, 16), "mlp_bn": (12,), "wide": (64,)}[kind]
     x = rng.standard_normal((batch, *shape)).astype("float32")
     y = rng.standard_normal((batch, 4)).astype("float32")
     return x, y

@@ -90,6 +90,9 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
                             "supported yet; use data_parallel=1 with a pipeline")
         plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
                                   calibration=calibration)
+    elif data_parallel == 1 and splits is not None:   # memory checked as split; "auto"
+        from tfplace.split_auto import plan_split_step
+        plan = plan_split_step(captured, cluster, splits, placer=placer, calibration=calibration)
     elif data_parallel == 1:
         plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
     else:
@@ -101,7 +104,8 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
     if splits is not None:
         from tfplace.split_parallel import plan_splits
         from tfplace.runtime.devices import collectives_ready, prepare
-        plan = plan_splits(captured, plan, splits)
+        if plan.splits is None:
+            plan = plan_splits(captured, plan, splits)
         prepare(cluster, cluster.names)
         collectives = collectives_ready(cluster)
     horovod = plan.sync is not None and plan.sync.backend == "horovod"

@@ -42,6 +42,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             opts["batch_size"] = _micro_batch(args, pipeline["micro_batches"])
             captured = load_source(args.source, **opts)
             plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration)
+        elif replicas == 1 and args.splits:            # memory checked as split; "auto"
+            from tfplace.split_auto import plan_split_step
+            captured = load_source(args.source, **_source_options(args))
+            plan = plan_split_step(captured, cluster, args.splits, placer=args.placer,
+                                   calibration=calibration)
         elif replicas == 1:
             captured = load_source(args.source, **_source_options(args))
             plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
@@ -53,7 +58,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             plan = plan_data_parallel(captured, cluster, replicas=replicas, placer=args.placer,
                                       sync=args.sync, backend=args.sync_backend,
                                       fusion_bytes=args.fusion_bytes, calibration=calibration)
-        if args.splits:                                  # PlanError with replicas or stages
+        if args.splits and plan.splits is None:          # PlanError with replicas or stages
             from tfplace.split_parallel import plan_splits
             plan = plan_splits(captured, plan, args.splits)
     print(plan.summary())

@@ -19,7 +19,8 @@ CLUSTER_HELP = "a cluster YAML file, local:N, launch:WxD (spawn W workers x D de
 
 
 SPLITS_HELP = ('model-parallel splits, e.g. "dense_1:S(1);dense_2:S(0)" (a layer or variable '
-               'name and S(axis)); the split runs on the most devices dividing every axis')
+               'name and S(axis)), or "auto" (split what does not fit in memory, or what the '
+               'cost model finds faster); the split runs on the most devices dividing every axis')
 
 
 def _placer_help() -> str:

@@ -51,8 +51,29 @@ def make_plan(dag: OpDag, cluster: Cluster, *, placer: str = "m_etf",
     Raises PlanError listing every device over capacity (and every unknown variable node).
     """
     with gc_paused():
-        return _make_plan(dag, cluster, placer=placer, variables=variables,
-                          calibration=calibration or Calibration(), fingerprint=fingerprint)
+        try:
+            return _make_plan(dag, cluster, placer=placer, variables=variables,
+                              calibration=calibration or Calibration(), fingerprint=fingerprint)
+        except PlanError as e:
+            hint = _split_hint(variables, len(cluster.devices))
+            if not hint or "capacity" not in str(e):
+                raise
+            raise PlanError(f"{e}\n{hint}") from None
+
+
+def _split_hint(variables: Sequence[Any], n_devices: int) -> str:
+    """The memory error's last fix: split the largest weight (by name) over the devices."""
+    from tfplace.splits.memory_fit import split_axis
+    ranked = sorted((v for v in variables if getattr(v, "trainable", True)),
+                    key=lambda v: (-int(v.nbytes), str(v.name)))
+    for v in ranked[:1]:
+        for ways in range(n_devices, 1, -1):
+            axis = split_axis(_shape(v.shape), ways)
+            if axis is not None:
+                return (f'  or split the largest weight over the devices: '
+                        f'splits="{v.name}:S({axis})" ({fmt_bytes(int(v.nbytes))}, '
+                        f'{ways} shards), or splits="auto"')
+    return ""
 
 
 def _make_plan(dag: OpDag, cluster: Cluster, *, placer: str, variables: Sequence[Any],

@@ -21,9 +21,9 @@ def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
     if plan.num_replicas > 1 or plan.pipeline is not None:
         raise PlanError("splits together with data_parallel or pipeline stages are not "
                         "supported yet; use splits alone (data_parallel=1, no pipeline)")
-    if parse_split_spec(spec) == "auto":
-        raise PlanError('splits="auto" is not wired to the runtime yet; name the splits, e.g. '
-                        'splits="dense_1:S(1);dense_2:S(0)"')
+    if parse_split_spec(spec) == "auto":      # splits alone: split_auto.plan_split_step
+        raise PlanError('splits="auto" plans a step with splits alone (no data_parallel, no '
+                        'pipeline); name the splits, e.g. splits="dense_1:S(1);dense_2:S(0)"')
     names = [v.name for v in captured.variables]
     resolved = resolve_splits(spec, names, shapes={v.name: v.shape for v in captured.variables})
     dag = analyse(captured.graph_def, captured.variables)
@@ -55,7 +55,7 @@ def apply_splits(placed: Any, plan: Plan, captured: Captured, *,
     """The split pass on the placed GraphDef (P -> B by CollectiveReduceV2 when
     ``collectives``, else by dataflow AddN)."""
     from tfplace.rewrite import splits
-    if plan.splits is None:
+    if plan.splits is None or plan.splits.is_empty:      # splits="auto" that split nothing
         return placed
     reduce = _collective_all_reduce if collectives else None
     return splits.apply(placed, plan.splits, outputs=captured.outputs, collective=reduce)

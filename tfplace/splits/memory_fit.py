@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 from tfplace.errors import PlanError, bullets
 from tfplace.splits.layout import Layout, S
 
-__all__ = ["VariableSize", "MemorySplit", "MemoryFit", "fit_memory", "split_axis"]
+__all__ = ["VariableSize", "MemorySplit", "MemoryFit", "fit_memory", "split_axis", "split_order"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,20 @@ def split_axis(shape: Sequence[int], ways: int) -> int | None:
         if d >= ways and d % ways == 0 and (best is None or d > shape[best]):
             best = a
     return best
+
+
+def split_order(variables: Sequence[VariableSize], ways: int) -> list[tuple[str, Layout]]:
+    """The variables splits="auto" tries in turn when a plan does not fit: largest first (ties
+    by name), each on its largest axis dividing by the most devices (<= ways) that divide one;
+    variables no axis of which divides by 2 or more are left out."""
+    out = []
+    for v in sorted(variables, key=lambda v: (-v.bytes, v.name)):
+        for n in range(ways, 1, -1):
+            axis = split_axis(v.shape, n)
+            if axis is not None:
+                out.append((v.name, S(axis)))
+                break
+    return out
 
 
 def fit_memory(variables: Sequence[VariableSize], capacity: Mapping[str, int],

@@ -9,6 +9,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from tfplace.splits.auto import AutoChoice
 from tfplace.splits.layout import Layout, parse_layout
 
 __all__ = ["SplitOp", "BoxingStep", "VariableShard", "SplitPlan"]
@@ -57,6 +58,12 @@ class SplitPlan:
     ops: tuple[SplitOp, ...] = ()
     boxing: tuple[BoxingStep, ...] = ()
     variables: tuple[VariableShard, ...] = ()
+    auto: tuple[AutoChoice, ...] = ()     # splits="auto": what it weighed and chose
+
+    @property
+    def is_empty(self) -> bool:
+        """No op or variable split (splits="auto" that chose nothing): the rewrite skips it."""
+        return not self.ops and not self.variables
 
     # -- queries ------------------------------------------------------------------------------
     @property
@@ -97,6 +104,10 @@ class SplitPlan:
                                             layout=str(v.layout), devices=list(v.devices),
                                             shapes=[pb.ShardShape(dims=list(s)) for s in v.shapes])
                            for v in self.variables)
+        p.auto.extend(pb.AutoChoice(variable=a.variable, layout=str(a.layout), ways=a.ways,
+                                    reason=a.reason, saved_seconds=a.saved_seconds,
+                                    boxing_seconds=a.boxing_seconds, chosen=a.chosen)
+                      for a in self.auto)
         return p
 
     @classmethod
@@ -113,7 +124,10 @@ class SplitPlan:
                                                  tuple(v.devices),
                                                  tuple(tuple(int(d) for d in s.dims)
                                                        for s in v.shapes))
-                                   for v in p.variables))
+                                   for v in p.variables),
+                   auto=tuple(AutoChoice(a.variable, lay(a.layout), int(a.ways), a.reason,
+                                         float(a.saved_seconds), float(a.boxing_seconds),
+                                         bool(a.chosen)) for a in p.auto))
 
     def to_bytes(self) -> bytes:
         return bytes(self.to_proto().SerializeToString(deterministic=True))

@@ -11,7 +11,13 @@ def _fmt(layouts: tuple) -> str:
 
 
 def summary_table(plan: SplitPlan) -> str:
-    """Deterministic text: the group, each split op, each boxing step, each split variable."""
+    """Deterministic text: the group, each split op, each boxing step, each split variable,
+    and what splits="auto" weighed."""
+    auto = [f"  {a.reason:<6}  {a.describe()}" for a in plan.auto]
+    if plan.is_empty and (plan.auto or not plan.devices):     # splits="auto" chose nothing
+        why = ("none saves more than its boxing costs" if plan.auto
+               else "no variable splits over the devices")
+        return "\n".join([f'splits="auto": no split ({why})', *auto])
     lines = [f"splits on {len(plan.devices)} devices: {', '.join(plan.devices)}",
              f"split ops: {len(plan.ops)}"]
     if plan.ops:
@@ -36,4 +42,6 @@ def summary_table(plan: SplitPlan) -> str:
             shard = "x".join(map(str, v.shapes[0])) if v.shapes else "-"
             lines.append(f"  {v.variable:<{vw}}  {str(v.layout):<4}  shard {shard} "
                          f"on {len(v.devices)} devices")
+    if auto:
+        lines += ['splits="auto" weighed:', *auto]
     return "\n".join(lines)

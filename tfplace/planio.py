@@ -128,6 +128,9 @@ def summary_table(plan: "Plan") -> str:
     if plan.splits is not None:
         from tfplace.splits.summary import summary_table as splits_table
         lines += ["", splits_table(plan.splits)]
+        if plan.num_replicas > 1:
+            from tfplace.splits.mesh import mesh_lines
+            lines += mesh_lines(plan.replicas, plan.splits.devices)
     return "\n".join(lines)
 
 

@@ -1,0 +1,124 @@
+"""Splits x data parallel glue: the split group of a replica, and the rewrite that replicates a
+split step over the 2-D mesh (replicas x split group) with each split gradient synced per shard.
+
+    placed step (replica 0, on groups[0])
+      -> split pass over the split group (shard k on groups[0][k])
+      -> replication: R copies, copy r on groups[r]; gradient buckets
+           whole gradient marks       one bucket, synced over all replicas (as without splits)
+           split gradient marks       one bucket per shard k, synced over {groups[r][k]}: the
+                                      replica axis of the mesh only
+      -> the split boxing's collectives of copy r re-keyed to copy r's group
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from tfplace.capture import Captured
+from tfplace.errors import PlanError
+from tfplace.plan import Plan
+
+__all__ = ["split_devices", "check_composition", "replicate_split"]
+
+
+def split_devices(plan: Plan) -> tuple[str, ...]:
+    """The devices one copy of the split step may use: replica 0's group with data
+    parallelism, all of the cluster's devices without."""
+    return tuple(plan.replicas[0]) if plan.num_replicas > 1 else tuple(plan.cluster.names)
+
+
+def check_composition(plan: Plan, captured: Captured, split_dims: Sequence[int]) -> None:
+    """PlanError for a plan the split rewrite cannot compose with (every problem named)."""
+    from tfplace.splits.mesh import check_mesh
+    if plan.pipeline is not None:
+        raise PlanError("splits together with pipeline stages are not supported yet; use "
+                        "splits with data_parallel, or a pipeline without splits")
+    if plan.num_replicas <= 1:
+        return
+    check_mesh(len(plan.cluster.names), plan.num_replicas, split_dims)
+    if plan.sync is not None and plan.sync.method == "ps":
+        raise PlanError("splits with sync='ps' are not supported (a parameter server would "
+                        "hold whole variables); use sync='ring' or 'hierarchical'")
+    if plan.sync is not None and plan.sync.backend == "horovod":
+        raise PlanError("splits with sync_backend='horovod' are not supported; use "
+                        "sync_backend='tf' (one process, or gRPC workers)")
+
+
+def replicate_split(split_gd: Any, plan: Plan, captured: Captured, *,
+                    collectives: bool = False) -> Any:
+    """R copies of the split GraphDef ``split_gd`` (made by rewrite/splits.py from replica 0's
+    placed step), gradients synced over the replica axis (see the module docstring)."""
+    import dataclasses
+    from tfplace.data_parallel import replication_spec
+    from tfplace.rewrite import replicate
+    assert plan.splits is not None
+    spec = replication_spec(plan, captured, collectives=collectives)
+    sharded = _shard_marks(split_gd, plan, captured)
+    split_sparse = [v for v, _i in spec.sparse if v in sharded]
+    if split_sparse:
+        raise PlanError(f"the IndexedSlices gradient of a split variable ({split_sparse[0]}) "
+                        "cannot be synced per shard yet; with data_parallel split dense "
+                        "variables only (not an Embedding table)")
+    n = len(plan.splits.devices)
+    buckets: list[tuple[str, ...]] = []
+    targets: list[str] = []
+    for i, bucket in enumerate(spec.dense):
+        whole = tuple(m for m in bucket if m not in sharded)
+        split = [m for m in bucket if m in sharded]
+        parts = ([whole] if whole else []) + \
+            [tuple(sharded[m][k] for m in split) for k in range(n) if split]
+        buckets += parts
+        targets += [spec.ps_targets[i]] * len(parts) if spec.ps_targets else []
+    spec = dataclasses.replace(spec, dense=tuple(buckets), ps_targets=tuple(targets))
+    out = replicate.apply(split_gd, spec)
+    _rekey(out, plan)
+    return out
+
+
+def _shard_marks(split_gd: Any, plan: Plan, captured: Captured) -> dict[str, list[str]]:
+    """{gradient mark: its n shard names} for the marks the split pass sharded; each shard mark
+    gets the static shape of its shard (the replication pass flattens gradients by shape)."""
+    from tfplace.rewrite.splits import shard_name
+    assert plan.splits is not None
+    nodes = {n.name: n for n in split_gd.node}
+    orig = {n.name: n for n in captured.graph_def.node}
+    n = len(plan.splits.devices)
+    marks = [m.node for m in captured.gradients] + \
+        [m.indices for m in captured.gradients if m.sparse]
+    out: dict[str, list[str]] = {}
+    for mark in marks:
+        if shard_name(0, mark) not in nodes:
+            continue
+        layout = plan.splits.op(mark).outputs[0]
+        dims = orig[mark].attr["_output_shapes"].list.shape[0].dim
+        shape = [int(d.size) for d in dims]
+        if layout.is_split:
+            shape[layout.axis] //= n
+        out[mark] = [shard_name(k, mark) for k in range(n)]
+        for name in out[mark]:
+            attr = nodes[name].attr["_output_shapes"].list
+            del attr.shape[:]
+            dim = attr.shape.add()
+            for d in shape:
+                dim.dim.add().size = d
+    return out
+
+
+def _rekey(gd: Any, plan: Plan) -> None:
+    """Copy r of each split all-reduce runs over copy r's split group: a group key for those
+    devices and an instance key of its own (copy 0 keeps the split pass's keys)."""
+    from tfplace.rewrite.replicate import _stable_key, device_map
+    from tfplace.rewrite.splits import SCOPE
+    from tfplace.split_parallel import TOKEN_PREFIX
+    assert plan.splits is not None
+    nodes = {n.name: n for n in gd.node}
+    for node in gd.node:
+        head, _, rest = node.name.partition("/")
+        if node.op != "CollectiveReduceV2" or not rest.startswith(SCOPE + "/") or \
+                not head.startswith("tfplace_r") or head == "tfplace_r0":
+            continue
+        r = int(head[len("tfplace_r"):])
+        devices = [device_map(plan.replicas, r)[d] for d in plan.splits.devices]
+        group = nodes[node.input[2].split(":")[0]].attr["value"].tensor
+        instance = nodes[node.input[3].split(":")[0]].attr["value"].tensor
+        group.int_val[0] = _stable_key(TOKEN_PREFIX, *devices)
+        instance.int_val[0] = _stable_key(TOKEN_PREFIX, str(instance.int_val[0]), head)

@@ -150,6 +150,10 @@ class ParallelFunction:
         self.calibration = calibration
         self.splits = splits
         self.pipeline = pipeline_options(pipeline)
+        if splits is not None and isinstance(data_parallel, int) and data_parallel > 1 and \
+                sync_backend == "tf":           # the mesh's own error before the replicas'
+            from tfplace.splits.mesh import check_mesh
+            check_mesh(len(cluster.devices), data_parallel)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
@@ -236,7 +240,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     ``sync_backend="horovod"``: one replica per Horovod process (``horovodrun --gloo -np N``),
     N = ``data_parallel`` = the process count; ``cluster`` is each process's own devices.
     ``splits={"dense_1/kernel": "S(1)"}`` or ``"dense_1:S(1);dense_2:S(0)"`` splits those
-    variables (and the ops on them) over all the cluster's devices (model parallelism).
+    variables (and the ops on them) over all the cluster's devices (model parallelism); with
+    ``data_parallel=R`` over each replica's devices (a 2-D mesh, R x devices/R).
     ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
     run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
     (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.

@@ -26,29 +26,30 @@ def check_mesh(devices: int, replicas: int, split_dims: Sequence[int] = ()) -> N
     that divide every split axis of ``split_dims`` (the sizes of the split variables' split
     axes) at least 2 ways."""
     problems = []
+    fits = [r for r in _divisors(devices) if mesh_shape(devices, r, split_dims)[1] >= 2]
+    other = " or ".join(f"data_parallel={r}" for r in fits if r != replicas) or \
+        "another replica count"
     if replicas < 1 or devices % replicas:
-        valid = [r for r in _divisors(devices) if devices // r >= 2]
-        even = devices + (replicas - devices % replicas) % replicas
+        more = devices + replicas - devices % replicas if replicas else devices
+        more = max(more, 2 * replicas)
         problems.append(
             f"the cluster's {devices} devices do not divide into {replicas} replicas "
             f"({devices} % {replicas} = {devices % replicas if replicas else devices}); use "
-            f"data_parallel in {valid or [1]}, or {max(even, 2 * replicas)} devices "
-            f"({replicas} replicas x a {max(even, 2 * replicas) // replicas}-way split group)")
+            f"{other}, or {more} devices ({replicas} replicas x a {more // replicas}-way split "
+            "group)")
     else:
         group = devices // replicas
         if group < 2:
             problems.append(
                 f"data_parallel={replicas} on {devices} devices leaves {group} device per "
-                f"replica, nothing to split over; use data_parallel={devices // 2} or less "
-                f"(2-device split groups), or {2 * replicas} devices")
-        else:
-            n = mesh_shape(devices, replicas, split_dims)[1]
-            if n < 2:
-                dims = ", ".join(str(d) for d in split_dims)
-                problems.append(
-                    f"no split group of 2 or more of a replica's {group} devices divides the "
-                    f"split axes ({dims}); split axes whose sizes share a divisor with {group}, "
-                    f"or use data_parallel={replicas} on more devices")
+                f"replica, nothing to split over; use {other}, or {2 * replicas} devices "
+                f"({replicas} replicas x a 2-way split group)")
+        elif mesh_shape(devices, replicas, split_dims)[1] < 2:
+            dims = ", ".join(str(d) for d in split_dims)
+            problems.append(
+                f"no split group of 2 or more of a replica's {group} devices divides the "
+                f"split axes (sizes {dims}); split axes whose sizes are multiples of a "
+                f"divisor of {group}" + (f", or use {other}" if fits else ""))
     if problems:
         raise PlanError(bullets(f"splits x data_parallel={replicas} on {devices} devices is not "
                                 "a device mesh:", problems))

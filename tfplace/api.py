@@ -88,8 +88,12 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
         if data_parallel != 1:
             raise PlanError(f"pipeline_stages with data_parallel={data_parallel!r} is not "
                             "supported yet; use data_parallel=1 with a pipeline")
+        groups = None
+        if splits is not None:                  # splits within a stage: a device group each
+            from tfplace.split_compose import stage_groups
+            groups = stage_groups(cluster.names, pipeline["stages"])
         plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
-                                  calibration=calibration)
+                                  calibration=calibration, devices=groups)
     elif data_parallel == 1:
         plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
     else:

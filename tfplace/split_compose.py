@@ -17,21 +17,52 @@ from tfplace.capture import Captured
 from tfplace.errors import PlanError
 from tfplace.plan import Plan
 
-__all__ = ["split_devices", "check_composition", "replicate_split"]
+__all__ = ["split_devices", "stage_groups", "check_composition", "replicate_split",
+           "pipeline_split"]
 
 
-def split_devices(plan: Plan) -> tuple[str, ...]:
+def split_devices(plan: Plan, variables: Sequence[Any] = (),
+                  splits: Sequence[str] = ()) -> tuple[str, ...]:
     """The devices one copy of the split step may use: replica 0's group with data
-    parallelism, all of the cluster's devices without."""
+    parallelism, the group of the pipeline stage that holds the split ``variables`` (named in
+    ``splits``), all of the cluster's devices otherwise."""
+    if plan.pipeline is not None:
+        stages = sorted({plan.pipeline.stage_of(v.node) for v in variables
+                         if v.name in splits or v.node in splits})
+        if len(stages) > 1:
+            raise PlanError(f"the split variables lie in pipeline stages "
+                            f"{', '.join(map(str, stages))}; splits run within one stage for "
+                            "now: split the variables of one stage, or move the stage "
+                            "boundaries (stage_boundaries=...) so that one stage holds them")
+        return tuple(plan.pipeline.stages[stages[0] if stages else 0].devices)
     return tuple(plan.replicas[0]) if plan.num_replicas > 1 else tuple(plan.cluster.names)
+
+
+def stage_groups(devices: Sequence[str], stages: Any) -> list[tuple[str, ...]]:
+    """K groups of consecutive devices, one per pipeline stage, for splits within a stage;
+    PlanError unless K divides the devices into groups of 2 or more."""
+    n = len(devices)
+    if not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
+        raise PlanError(f"splits within pipeline stages need pipeline_stages=K, an int (got "
+                        f"{stages!r}); e.g. pipeline_stages={max(1, n // 2)} on {n} devices")
+    if n % stages or n // stages < 2:
+        fits = [k for k in range(1, n + 1) if n % k == 0 and n // k >= 2]
+        raise PlanError(f"splits within {stages} pipeline stages on {n} devices: each stage "
+                        f"needs an equal group of 2 or more devices ({n} / {stages} = "
+                        f"{n / stages:g}); use pipeline_stages in {fits}, or "
+                        f"{2 * stages} devices")
+    w = n // stages
+    return [tuple(devices[i * w:(i + 1) * w]) for i in range(stages)]
 
 
 def check_composition(plan: Plan, captured: Captured, split_dims: Sequence[int]) -> None:
     """PlanError for a plan the split rewrite cannot compose with (every problem named)."""
     from tfplace.splits.mesh import check_mesh
     if plan.pipeline is not None:
-        raise PlanError("splits together with pipeline stages are not supported yet; use "
-                        "splits with data_parallel, or a pipeline without splits")
+        if plan.num_replicas > 1:
+            raise PlanError("splits with pipeline stages and data_parallel together are not "
+                            "supported; use splits with one of them")
+        return
     if plan.num_replicas <= 1:
         return
     check_mesh(len(plan.cluster.names), plan.num_replicas, split_dims)
@@ -50,7 +81,8 @@ def replicate_split(split_gd: Any, plan: Plan, captured: Captured, *,
     import dataclasses
     from tfplace.data_parallel import replication_spec
     from tfplace.rewrite import replicate
-    assert plan.splits is not None
+    if plan.splits is None:
+        raise PlanError("replicate_split needs a plan with splits")
     spec = replication_spec(plan, captured, collectives=collectives)
     sharded = _shard_marks(split_gd, plan, captured)
     split_sparse = [v for v, _i in spec.sparse if v in sharded]
@@ -70,7 +102,36 @@ def replicate_split(split_gd: Any, plan: Plan, captured: Captured, *,
         targets += [spec.ps_targets[i]] * len(parts) if spec.ps_targets else []
     spec = dataclasses.replace(spec, dense=tuple(buckets), ps_targets=tuple(targets))
     out = replicate.apply(split_gd, spec)
-    _rekey(out, plan)
+    _rekey(out, plan.replicas, plan.splits.devices)
+    return out
+
+
+def pipeline_split(split_gd: Any, plan: Plan, captured: Captured) -> Any:
+    """The pipeline pass over the split GraphDef: M micro-batch copies on the stages' groups;
+    a split variable's shard k accumulates its own gradient shard on its own device."""
+    import dataclasses
+    from tfplace.pipeline_parallel import pipeline_spec
+    from tfplace.rewrite import pipeline
+    if plan.splits is None or plan.pipeline is None:
+        raise PlanError("pipeline_split needs a plan with splits and a pipeline")
+    spec = pipeline_spec(plan, captured)
+    sharded = _shard_marks(split_gd, plan, captured)
+    if any(v in sharded for v, _i in spec.sparse):
+        raise PlanError("the IndexedSlices gradient of a split variable cannot be accumulated "
+                        "per shard yet; in a pipeline split dense variables only")
+    buckets: list[tuple[str, ...]] = []
+    targets: list[str] = []
+    for bucket, target in zip(spec.dense, spec.ps_targets):
+        for m in bucket:
+            if m in sharded:
+                buckets += [(name,) for name in sharded[m]]
+                targets += list(plan.splits.devices)
+            else:
+                buckets.append((m,))
+                targets.append(target)
+    spec = dataclasses.replace(spec, dense=tuple(buckets), ps_targets=tuple(targets))
+    out = pipeline.apply(split_gd, spec, plan.pipeline)
+    _rekey(out, spec.groups, plan.splits.devices)
     return out
 
 
@@ -78,7 +139,8 @@ def _shard_marks(split_gd: Any, plan: Plan, captured: Captured) -> dict[str, lis
     """{gradient mark: its n shard names} for the marks the split pass sharded; each shard mark
     gets the static shape of its shard (the replication pass flattens gradients by shape)."""
     from tfplace.rewrite.splits import shard_name
-    assert plan.splits is not None
+    if plan.splits is None:
+        return {}
     nodes = {n.name: n for n in split_gd.node}
     orig = {n.name: n for n in captured.graph_def.node}
     n = len(plan.splits.devices)
@@ -103,13 +165,13 @@ def _shard_marks(split_gd: Any, plan: Plan, captured: Captured) -> dict[str, lis
     return out
 
 
-def _rekey(gd: Any, plan: Plan) -> None:
-    """Copy r of each split all-reduce runs over copy r's split group: a group key for those
-    devices and an instance key of its own (copy 0 keeps the split pass's keys)."""
+def _rekey(gd: Any, groups: Sequence[Sequence[str]], split_group: Sequence[str]) -> None:
+    """Copy r of each split all-reduce runs over copy r's split group (``split_group`` mapped
+    from ``groups[0]`` to ``groups[r]``): a group key for those devices and an instance key of
+    its own (copy 0 keeps the split pass's keys; micro-batch copies share the devices)."""
     from tfplace.rewrite.replicate import _stable_key, device_map
     from tfplace.rewrite.splits import SCOPE
     from tfplace.split_parallel import TOKEN_PREFIX
-    assert plan.splits is not None
     nodes = {n.name: n for n in gd.node}
     for node in gd.node:
         head, _, rest = node.name.partition("/")
@@ -117,7 +179,7 @@ def _rekey(gd: Any, plan: Plan) -> None:
                 not head.startswith("tfplace_r") or head == "tfplace_r0":
             continue
         r = int(head[len("tfplace_r"):])
-        devices = [device_map(plan.replicas, r)[d] for d in plan.splits.devices]
+        devices = [device_map(groups, r).get(d, d) for d in split_group]
         group = nodes[node.input[2].split(":")[0]].attr["value"].tensor
         instance = nodes[node.input[3].split(":")[0]].attr["value"].tensor
         group.int_val[0] = _stable_key(TOKEN_PREFIX, *devices)

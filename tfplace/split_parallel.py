@@ -15,7 +15,8 @@ TOKEN_PREFIX = "split"
 
 def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
     """``plan`` with the SplitPlan of ``spec`` (dict, "dense_1:S(1);..." string) over all the
-    cluster's devices, or with data parallelism over each replica's devices (a 2-D mesh)."""
+    cluster's devices, with data parallelism over each replica's devices (a 2-D mesh), with
+    a pipeline over the devices of the stage that holds the split variables."""
     from tfplace.analysis import analyse
     from tfplace.split_compose import check_composition, split_devices
     from tfplace.splits import node_attrs, parse_split_spec, propagate, resolve_splits
@@ -26,7 +27,8 @@ def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
     resolved = resolve_splits(spec, names, shapes={v.name: v.shape for v in captured.variables})
     check_composition(plan, captured, split_dims(resolved, captured.variables))
     dag = analyse(captured.graph_def, captured.variables)
-    split_plan = propagate(dag, resolved, devices=split_group(split_devices(plan), resolved,
+    group = split_devices(plan, captured.variables, list(resolved))
+    split_plan = propagate(dag, resolved, devices=split_group(group, resolved,
                                                               captured.variables),
                            variables=captured.variables, attrs=node_attrs(captured.graph_def),
                            outputs=captured.outputs)
@@ -64,7 +66,10 @@ def apply_splits(placed: Any, plan: Plan, captured: Captured, *,
         return placed
     reduce = _collective_all_reduce if collectives else None
     out = splits.apply(placed, plan.splits, outputs=captured.outputs, collective=reduce)
-    if plan.num_replicas > 1:
+    if plan.pipeline is not None:
+        from tfplace.split_compose import pipeline_split
+        out = pipeline_split(out, plan, captured)
+    elif plan.num_replicas > 1:
         from tfplace.split_compose import replicate_split
         out = replicate_split(out, plan, captured, collectives=collectives)
     return out

@@ -105,3 +105,62 @@ def test_parallelize_refuses_a_cluster_that_is_no_mesh() -> None:
     with pytest.raises(PlanError, match=r"3 devices do not divide into 2 replicas"):
         tfplace.parallelize(lambda x: x, cluster=tfplace.Cluster.local(devices=3),
                             splits="dense:S(1)", data_parallel=2)
+
+
+# -- splits within a pipeline stage -----------------------------------------------------------
+
+def _late_spec(model) -> tuple[str, list[str]]:
+    """The 2nd and 3rd Dense split, and stage 1 starting at the 2nd (a boundary by unit)."""
+    d = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    return f"{d[1].name}:S(1);{d[2].name}:S(0)", [f"{d[1].name}_1"]   # units of the twin
+
+
+def test_splits_within_the_second_pipeline_stage(local4) -> None:
+    """2 stages x 2 devices, 2 micro-batches: the split layers' shards on stage 1's two
+    devices, each micro-batch's split all-reduce a collective instance of its own."""
+    ref, (model, step) = models.twin("mlp")
+    spec, bounds = _late_spec(model)
+    pstep = tfplace.parallelize(step, cluster=local4, splits=spec, pipeline_stages=2,
+                                micro_batches=2, stage_boundaries=bounds)
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    plan = pstep.plan
+    stage1 = plan.pipeline.stages[1].devices
+    assert stage1 == (CPU + "2", CPU + "3") and plan.splits.devices == stage1
+    devices = {placed.device for _n, _o, placed in pstep.executor.pairs
+               if "_shard" in placed.name}
+    assert devices == set(stage1)
+    gd = pstep.executor.graph_def
+    assert _groups(gd, "tfplace_split/") == [set(stage1)]    # one group: the stage's devices
+    nodes = {n.name: n for n in gd.node}
+    instances = {}
+    for n in gd.node:
+        if n.op == "CollectiveReduceV2":
+            key = nodes[n.input[3]].attr["value"].tensor.int_val[0]
+            instances.setdefault(n.name.partition("/")[0], set()).add(key)
+    assert set(instances) == {"tfplace_r0", "tfplace_r1"}          # both micro-batches
+    assert not instances["tfplace_r0"] & instances["tfplace_r1"]
+    assert "splits inside pipeline stage 1 of 2" in plan.summary()
+
+
+def test_split_variables_in_two_stages_are_a_plan_error(local4) -> None:
+    _ref, (model, step) = models.twin("mlp")
+    d = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    pstep = tfplace.parallelize(step, cluster=local4, splits=f"{d[0].name}:S(1);"
+                                f"{d[2].name}:S(0)", pipeline_stages=2, micro_batches=2,
+                                stage_boundaries=[f"{d[1].name}_1"])
+    with pytest.raises(PlanError, match=r"pipeline stages 0, 1; splits run within one stage"):
+        pstep.plan_for(*models.data("mlp"))
+
+
+@pytest.mark.parametrize("devices,stages,words", [
+    (3, 2, ["2 pipeline stages on 3 devices", "3 / 2 = 1.5", "[1]", "4 devices"]),
+    (4, 4, ["4 / 4 = 1", "[1, 2]", "8 devices"]),
+    (4, "auto", ["pipeline_stages=K", "'auto'"]),
+])
+def test_stage_groups_errors(devices, stages, words) -> None:
+    from tfplace.split_compose import stage_groups
+    with pytest.raises(PlanError) as err:
+        stage_groups([f"d{i}" for i in range(devices)], stages)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    assert stage_groups(["a", "b", "c", "d"], 2) == [("a", "b"), ("c", "d")]

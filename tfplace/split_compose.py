@@ -34,7 +34,13 @@ def split_devices(plan: Plan, variables: Sequence[Any] = (),
                             f"{', '.join(map(str, stages))}; splits run within one stage for "
                             "now: split the variables of one stage, or move the stage "
                             "boundaries (stage_boundaries=...) so that one stage holds them")
-        return tuple(plan.pipeline.stages[stages[0] if stages else 0].devices)
+        group = tuple(plan.pipeline.stages[stages[0] if stages else 0].devices)
+        if len(group) < 2:
+            raise PlanError(f"splits within pipeline stage {stages[0] if stages else 0}: the "
+                            f"stage has {len(group)} device; plan the stages on device groups "
+                            "(split_compose.stage_groups), as parallelize(splits=..., "
+                            "pipeline_stages=K) does")
+        return group
     return tuple(plan.replicas[0]) if plan.num_replicas > 1 else tuple(plan.cluster.names)
 
 

@@ -1,13 +1,17 @@
-"""Splits x data parallel glue: the split group of a replica, and the rewrite that replicates a
-split step over the 2-D mesh (replicas x split group) with each split gradient synced per shard.
+"""Splits composed with data parallelism and with a pipeline: the split group of a replica or a
+stage, and the rewrites that copy a split step over replicas or micro-batches.
 
-    placed step (replica 0, on groups[0])
-      -> split pass over the split group (shard k on groups[0][k])
+    splits x data parallel: a 2-D mesh (replicas x split group)
+      placed step (replica 0, on groups[0]) -> split pass over the split group
       -> replication: R copies, copy r on groups[r]; gradient buckets
-           whole gradient marks       one bucket, synced over all replicas (as without splits)
+           whole gradient marks       synced over all replicas (as without splits)
            split gradient marks       one bucket per shard k, synced over {groups[r][k]}: the
                                       replica axis of the mesh only
       -> the split boxing's collectives of copy r re-keyed to copy r's group
+
+    splits within a pipeline stage: stages on equal device groups, ops on each group's first
+    device, the split pass over the group of the stage holding the split variables; M
+    micro-batch copies on the same devices, shard k's gradient accumulated on shard k's device
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ def stage_groups(devices: Sequence[str], stages: Any) -> list[tuple[str, ...]]:
     return [tuple(devices[i * w:(i + 1) * w]) for i in range(stages)]
 
 
-def check_composition(plan: Plan, captured: Captured, split_dims: Sequence[int]) -> None:
+def check_composition(plan: Plan, split_dims: Sequence[int]) -> None:
     """PlanError for a plan the split rewrite cannot compose with (every problem named)."""
     from tfplace.splits.mesh import check_mesh
     if plan.pipeline is not None:
@@ -90,7 +94,7 @@ def replicate_split(split_gd: Any, plan: Plan, captured: Captured, *,
     if plan.splits is None:
         raise PlanError("replicate_split needs a plan with splits")
     spec = replication_spec(plan, captured, collectives=collectives)
-    sharded = _shard_marks(split_gd, plan, captured)
+    split_gd, sharded = _shard_marks(split_gd, plan, captured)
     split_sparse = [v for v, _i in spec.sparse if v in sharded]
     if split_sparse:
         raise PlanError(f"the IndexedSlices gradient of a split variable ({split_sparse[0]}) "
@@ -121,7 +125,7 @@ def pipeline_split(split_gd: Any, plan: Plan, captured: Captured) -> Any:
     if plan.splits is None or plan.pipeline is None:
         raise PlanError("pipeline_split needs a plan with splits and a pipeline")
     spec = pipeline_spec(plan, captured)
-    sharded = _shard_marks(split_gd, plan, captured)
+    split_gd, sharded = _shard_marks(split_gd, plan, captured)
     if any(v in sharded for v, _i in spec.sparse):
         raise PlanError("the IndexedSlices gradient of a split variable cannot be accumulated "
                         "per shard yet; in a pipeline split dense variables only")
@@ -141,13 +145,17 @@ def pipeline_split(split_gd: Any, plan: Plan, captured: Captured) -> Any:
     return out
 
 
-def _shard_marks(split_gd: Any, plan: Plan, captured: Captured) -> dict[str, list[str]]:
-    """{gradient mark: its n shard names} for the marks the split pass sharded; each shard mark
-    gets the static shape of its shard (the replication pass flattens gradients by shape)."""
+def _shard_marks(split_gd: Any, plan: Plan,
+                 captured: Captured) -> tuple[Any, dict[str, list[str]]]:
+    """A copy of ``split_gd`` where each shard of a gradient mark has the static shape of its
+    shard (the replication pass flattens gradients by shape), and {gradient mark: its n shard
+    names} for the marks the split pass sharded."""
     from tfplace.rewrite.splits import shard_name
+    gd = type(split_gd)()
+    gd.CopyFrom(split_gd)
     if plan.splits is None:
-        return {}
-    nodes = {n.name: n for n in split_gd.node}
+        return gd, {}
+    nodes = {n.name: n for n in gd.node}
     orig = {n.name: n for n in captured.graph_def.node}
     n = len(plan.splits.devices)
     marks = [m.node for m in captured.gradients] + \
@@ -168,7 +176,7 @@ def _shard_marks(split_gd: Any, plan: Plan, captured: Captured) -> dict[str, lis
             dim = attr.shape.add()
             for d in shape:
                 dim.dim.add().size = d
-    return out
+    return gd, out
 
 
 def _rekey(gd: Any, groups: Sequence[Sequence[str]], split_group: Sequence[str]) -> None:

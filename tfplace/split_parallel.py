@@ -25,7 +25,7 @@ def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
                         'splits="dense_1:S(1);dense_2:S(0)"')
     names = [v.name for v in captured.variables]
     resolved = resolve_splits(spec, names, shapes={v.name: v.shape for v in captured.variables})
-    check_composition(plan, captured, split_dims(resolved, captured.variables))
+    check_composition(plan, split_dims(resolved, captured.variables))
     dag = analyse(captured.graph_def, captured.variables)
     group = split_devices(plan, captured.variables, list(resolved))
     split_plan = propagate(dag, resolved, devices=split_group(group, resolved,

@@ -164,3 +164,11 @@ def test_stage_groups_errors(devices, stages, words) -> None:
     for word in words:
         assert word in str(err.value), (word, str(err.value))
     assert stage_groups(["a", "b", "c", "d"], 2) == [("a", "b"), ("c", "d")]
+
+
+def test_ps_sync_with_splits_is_a_plan_error(local4) -> None:
+    _ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, splits=_spec(model), data_parallel=2,
+                                sync="ps")
+    with pytest.raises(PlanError, match=r"sync='ps' are not supported.*use sync='ring'"):
+        pstep.plan_for(*models.data("mlp"))

@@ -83,6 +83,10 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
     batch (see ``data_parallel.shard_args``); the executor then takes the global batch. So must
     a ``pipeline`` step on one micro-batch (``pipeline_parallel.micro_batch``)."""
     from tfplace.runtime.executor import Executor
+    if splits is not None and isinstance(data_parallel, int) and data_parallel > 1 and \
+            sync_backend == "tf":               # the mesh's own error before the replicas'
+        from tfplace.splits.mesh import check_mesh
+        check_mesh(len(cluster.devices), data_parallel)
     if pipeline is not None:
         from tfplace.pipeline_parallel import plan_pipeline_step
         if data_parallel != 1:

@@ -83,13 +83,21 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
     batch (see ``data_parallel.shard_args``); the executor then takes the global batch. So must
     a ``pipeline`` step on one micro-batch (``pipeline_parallel.micro_batch``)."""
     from tfplace.runtime.executor import Executor
+    if splits is not None and isinstance(data_parallel, int) and data_parallel > 1 and \
+            sync_backend == "tf":               # the mesh's own error before the replicas'
+        from tfplace.splits.mesh import check_mesh
+        check_mesh(len(cluster.devices), data_parallel)
     if pipeline is not None:
         from tfplace.pipeline_parallel import plan_pipeline_step
         if data_parallel != 1:
             raise PlanError(f"pipeline_stages with data_parallel={data_parallel!r} is not "
                             "supported yet; use data_parallel=1 with a pipeline")
+        groups = None
+        if splits is not None:                  # splits within a stage: a device group each
+            from tfplace.split_compose import stage_groups
+            groups = stage_groups(cluster.names, pipeline["stages"])
         plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
-                                  calibration=calibration)
+                                  calibration=calibration, devices=groups)
     elif data_parallel == 1 and splits is not None:   # memory checked as split; "auto"
         from tfplace.split_auto import plan_split_step
         plan = plan_split_step(captured, cluster, splits, placer=placer, calibration=calibration)
@@ -154,6 +162,10 @@ class ParallelFunction:
         self.calibration = calibration
         self.splits = splits
         self.pipeline = pipeline_options(pipeline)
+        if splits is not None and isinstance(data_parallel, int) and data_parallel > 1 and \
+                sync_backend == "tf":           # the mesh's own error before the replicas'
+            from tfplace.splits.mesh import check_mesh
+            check_mesh(len(cluster.devices), data_parallel)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
@@ -240,7 +252,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     ``sync_backend="horovod"``: one replica per Horovod process (``horovodrun --gloo -np N``),
     N = ``data_parallel`` = the process count; ``cluster`` is each process's own devices.
     ``splits={"dense_1/kernel": "S(1)"}`` or ``"dense_1:S(1);dense_2:S(0)"`` splits those
-    variables (and the ops on them) over all the cluster's devices (model parallelism).
+    variables (and the ops on them) over all the cluster's devices (model parallelism); with
+    ``data_parallel=R`` over each replica's devices (a 2-D mesh, R x devices/R).
     ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
     run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
     (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.

@@ -41,7 +41,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             opts = _source_options(args)
             opts["batch_size"] = _micro_batch(args, pipeline["micro_batches"])
             captured = load_source(args.source, **opts)
-            plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration)
+            groups = None
+            if args.splits:                              # splits within a stage: groups
+                from tfplace.split_compose import stage_groups
+                groups = stage_groups(cluster.names, pipeline["stages"])
+            plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration,
+                                      devices=groups)
         elif replicas == 1 and args.splits:            # memory checked as split; "auto"
             from tfplace.split_auto import plan_split_step
             captured = load_source(args.source, **_source_options(args))
@@ -58,7 +63,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             plan = plan_data_parallel(captured, cluster, replicas=replicas, placer=args.placer,
                                       sync=args.sync, backend=args.sync_backend,
                                       fusion_bytes=args.fusion_bytes, calibration=calibration)
-        if args.splits and plan.splits is None:          # PlanError with replicas or stages
+        if args.splits and plan.splits is None:          # over a replica's or a stage's group
             from tfplace.split_parallel import plan_splits
             plan = plan_splits(captured, plan, args.splits)
     print(plan.summary())

@@ -79,8 +79,11 @@ def plan_pipeline_step(captured: Any, cluster: Cluster, *, stages: int | str,
                        stage_boundaries: Sequence[str] | str | None = None,
                        global_batch: int | None = None,
                        layer_names: Sequence[str] | None = None,
-                       calibration: Any = None) -> Plan:
-    """Stages over ``cluster``'s devices (one device each) and the placement they imply."""
+                       calibration: Any = None,
+                       devices: Sequence[Sequence[str]] | None = None) -> Plan:
+    """Stages over ``cluster``'s devices (one device each) and the placement they imply.
+    ``devices``: a device group per stage instead (splits within a stage): each stage's ops
+    are placed on its group's first device, and the split pass spreads its split ops."""
     from tfplace.analysis import analyse
     from tfplace.costs import Calibration
     from tfplace.memory import device_peaks
@@ -99,8 +102,9 @@ def plan_pipeline_step(captured: Any, cluster: Cluster, *, stages: int | str,
     pipe = plan_pipeline(units, cluster.without_runtime(), stages=stages,
                          micro_batches=micro_batches, schedule=schedule,
                          stage_boundaries=stage_boundaries, global_batch=global_batch,
-                         devices=stage_devices(cluster, stages))
-    placement = pipe.placement()
+                         devices=stage_devices(cluster, stages) if devices is None else devices)
+    placement = pipe.placement() if devices is None else \
+        {op: st.devices[0] for st in pipe.stages for op in st.ops}
     missing = [n.name for n in dag.nodes if n.name not in placement]
     if missing:
         raise PlanError(f"{len(missing)} ops belong to no pipeline stage (first: {missing[:3]}); "

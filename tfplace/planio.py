@@ -128,6 +128,15 @@ def summary_table(plan: "Plan") -> str:
     if plan.splits is not None:
         from tfplace.splits.summary import summary_table as splits_table
         lines += ["", splits_table(plan.splits)]
+        if plan.num_replicas > 1:
+            from tfplace.splits.mesh import mesh_lines
+            lines += mesh_lines(plan.replicas, plan.splits.devices)
+        if plan.pipeline is not None:
+            stage = [st.index for st in plan.pipeline.stages
+                     if set(plan.splits.devices) <= set(st.devices)]
+            lines.append(f"splits inside pipeline stage {stage[0] if stage else '?'} of "
+                         f"{plan.pipeline.num_stages} (each micro-batch's shard gradients "
+                         "accumulate on their own devices)")
     return "\n".join(lines)
 
 

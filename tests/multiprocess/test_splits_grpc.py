@@ -71,3 +71,19 @@ def test_boxing_conversion_across_workers(pair, workers2):
     from tfplace.splits.layout import parse_layout
     src, dst = (parse_layout(x) for x in pair.split(">"))
     local.test_conversion_keeps_the_value(src, dst, workers2)
+
+
+def test_mlp_mesh_over_grpc_workers(workers2):
+    """Splits x data parallel on 2 workers x 2 devices: a replica per worker, split over its
+    two devices; each shard's gradient synced with the same shard on the other worker."""
+    ref, (model, step) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=workers2, splits=_mlp(model), data_parallel=2)
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    plan = pstep.plan
+    tasks = [{d.split("/device:")[0] for d in group} for group in plan.replicas]
+    assert all(len(t) == 1 for t in tasks) and tasks[0] != tasks[1]   # a replica per worker
+    shards: dict[str, set[str]] = {}
+    for _n, orig, placed in pstep.executor.pairs:
+        if "_shard" in placed.name:
+            shards.setdefault(orig.name, set()).add(placed.device)
+    assert shards and all(len(devices) == 4 for devices in shards.values())

@@ -50,6 +50,7 @@ class Executor:
         self.pairs: list[tuple[str, Any, Any]] = []      # (placeholder, user's var, placed var)
         # id(user's var) -> (var, axis, shard placeholders in order): model-parallel splits
         self.shards: dict[int, tuple[Any, int, list[str]]] = {}
+        self.shard_copies: list[tuple[str, Any, int, int, int]] = []   # other replicas' shards
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
         sum_ids = {id(v) for v in sum_variables}
@@ -104,8 +105,11 @@ class Executor:
                                  trainable=orig.trainable,
                                  name=f"{base.replace('/', '_')}_shard{index}_tfplace")
         self.pairs.append((node.name, orig, placed))
-        entry = self.shards.setdefault(id(orig), (orig, axis, [""] * count))
-        entry[2][index] = node.name
+        if _is_primary(node.name):                      # replica 0's shards make the whole
+            entry = self.shards.setdefault(id(orig), (orig, axis, [""] * count))
+            entry[2][index] = node.name
+        else:                                           # another replica's copy of shard i
+            self.shard_copies.append((node.name, orig, axis, index, count))
 
     def _input_specs(self) -> list[Any]:
         """The arguments' specs, read off the rewritten graph (global shapes after replication)."""
@@ -219,6 +223,8 @@ class Executor:
         for orig, axis, nodes in self.shards.values():     # re-sliced
             for n, piece in zip(nodes, tf.split(orig.read_value(), len(nodes), axis)):
                 placed_of[n].assign(piece)
+        for n, orig, axis, index, count in self.shard_copies:
+            placed_of[n].assign(tf.split(orig.read_value(), count, axis)[index])
         for node, orig, placed in self.pairs:
             if placed is orig or id(orig) in self.shards:
                 continue

@@ -24,7 +24,7 @@ from tfplace.errors import PlanError
 from tfplace.plan import Plan
 
 __all__ = ["replica_count", "replica_total", "check_batch", "micro_batch", "plan_pipeline_replicas",
-           "replication_spec", "apply"]
+           "replication_spec", "ps_targets", "apply"]
 
 BACKENDS = ("tf", "dataflow")
 
@@ -156,7 +156,7 @@ def plan_pipeline_replicas(captured: Any, cluster: Cluster, *, replicas: int,
 def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) -> Any:
     """The replication of the unrolled pipeline: every replica a copy of replica 0's pipeline,
     the synced gradients the accumulated marks of micro-batch copy 0."""
-    from tfplace.data_parallel import _implementation, ps_targets
+    from tfplace.data_parallel import _implementation
     from tfplace.data_parallel import replication_spec as plain
     from tfplace.rewrite.replicate import replica_name
     spec = plain(plan, captured, collectives=collectives)
@@ -164,8 +164,24 @@ def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) ->
     return dataclasses.replace(
         spec, dense=tuple(tuple(replica_name(0, m) for m in b.gradients) for b in plan.buckets),
         sparse=tuple((replica_name(0, v), replica_name(0, i)) for v, i in spec.sparse),
-        method=method,
-        ps_targets=tuple(ps_targets(plan.replicas, plan.buckets)) if method == "ps" else ())
+        method=method, ps_targets=ps_targets(plan, captured) if method == "ps" else ())
+
+
+def ps_targets(plan: Plan, captured: Any) -> tuple[str, ...]:
+    """For sync "ps": each bucket's aggregation device, the least-loaded replica of the
+    bucket's own stage device (a stage's gradients never leave that stage's devices)."""
+    from tfplace.pipeline_parallel import pipeline_spec
+    spec = pipeline_spec(plan, captured)
+    home = {b[0]: t for b, t in zip(spec.dense, spec.ps_targets)}
+    stage = {d: i for i, d in enumerate(plan.replicas[0])}
+    load: dict[str, int] = {}
+    out = []
+    for bucket in plan.buckets:
+        s = stage[home[bucket.gradients[0]]]
+        dev = min((g[s] for g in plan.replicas), key=lambda d: (load.get(d, 0), d))
+        load[dev] = load.get(dev, 0) + bucket.bytes
+        out.append(dev)
+    return tuple(out)
 
 
 def apply(placed: Any, plan: Plan, captured: Any, *, collectives: bool = False) -> Any:

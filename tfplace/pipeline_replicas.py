@@ -79,7 +79,7 @@ def micro_batch(args: tuple, replicas: int, micro_batches: int) -> tuple[tuple, 
     import tensorflow as tf
     from tfplace.pipeline_parallel import micro_batch as first
     leaves = [a for a in tf.nest.flatten(args) if hasattr(a, "shape") and len(a.shape) >= 1]
-    if leaves:
+    if leaves and replicas > 1:
         check_batch(int(leaves[0].shape[0]), replicas, micro_batches)
     return first(args, replicas * micro_batches)
 

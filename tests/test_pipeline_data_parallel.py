@@ -12,6 +12,7 @@ import pytest
 import models
 import tfplace
 from tfplace.errors import PlanError
+from tfplace.plan import Plan
 from tfplace.rewrite.pipeline import done_name
 
 R, K = 2, 2
@@ -74,6 +75,7 @@ def test_replicated_pipeline_matches_single_device(kind, schedule, micro, local4
     assert (pipe.schedule, pipe.micro_batches, pipe.global_batch) == (schedule, micro, 16)
     assert pstep.plan.sync.method == "ring"
     _check_graph(pstep)
+    assert Plan.from_bytes(pstep.plan.to_bytes()) == pstep.plan
     summary = pstep.plan.summary()
     assert f"{R} replicas x {K} stages" in summary and "schedule" in summary
 

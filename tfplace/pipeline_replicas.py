@@ -150,7 +150,7 @@ def plan_pipeline_replicas(captured: Any, cluster: Cluster, *, replicas: int,
     batch = _captured_batch(captured) * pipe.micro_batches * replicas
     return dataclasses.replace(
         base, cluster=cluster.without_runtime(), replicas=reps, sync=sync_plan, usage=usage,
-        buckets=buckets, pipeline=dataclasses.replace(pipe, global_batch=batch or None))
+        buckets=buckets, pipeline=dataclasses.replace(pipe, global_batch=batch or pipe.global_batch))
 
 
 def replication_spec(plan: Plan, captured: Any, *, collectives: bool = False) -> Any:

@@ -63,7 +63,7 @@ def _check_graph(pstep) -> None:
     assert {frozenset(d) for d in groups.values()} == stage_groups
 
 
-@pytest.mark.parametrize("kind,schedule,micro", [("mlp", "gpipe", 2), ("mlp8", "1f1b", 4)])
+@pytest.mark.parametrize("kind,schedule,micro", [("mlp", "gpipe", 4), ("mlp8", "1f1b", 2)])
 def test_replicated_pipeline_matches_single_device(kind, schedule, micro, local4):
     ref, (model, step) = models.twin(kind)
     pstep = tfplace.parallelize(step, cluster=local4, pipeline_stages=K, micro_batches=micro,

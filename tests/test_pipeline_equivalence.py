@@ -127,9 +127,6 @@ def test_plan_errors(local4):
         tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=3)(x, y)
     with pytest.raises(PlanError, match="unknown pipeline schedule 'zigzag'.*1f1b, gpipe"):
         tfplace.parallelize(step, cluster=local4, pipeline_stages=2, schedule="zigzag")
-    with pytest.raises(PlanError, match="data_parallel=2 is not supported yet"):
-        tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=2,
-                            data_parallel=2)(x, y)
 
 
 def _checked_model():

@@ -55,10 +55,9 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
     if plan.splits is not None:
         from tfplace.split_parallel import apply_splits
         return apply_splits(placed, plan, captured, collectives=collectives)
-    if plan.pipeline is not None:
-        from tfplace.pipeline_parallel import pipeline_spec
-        from tfplace.rewrite import pipeline
-        return pipeline.apply(placed, pipeline_spec(plan, captured), plan.pipeline)
+    if plan.pipeline is not None:                 # R >= 1 replicas of the pipeline
+        from tfplace import pipeline_replicas
+        return pipeline_replicas.apply(placed, plan, captured, collectives=collectives)
     if plan.num_replicas > 1:
         from tfplace.data_parallel import replication_spec
         from tfplace.rewrite import horovod, replicate
@@ -81,17 +80,22 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
 
     With ``data_parallel`` > 1 the step must have been captured on ONE replica's share of the
     batch (see ``data_parallel.shard_args``); the executor then takes the global batch. So must
-    a ``pipeline`` step on one micro-batch (``pipeline_parallel.micro_batch``)."""
+    a ``pipeline`` step on one micro-batch (``pipeline_parallel.micro_batch``), with both on
+    one micro-batch of one replica (``pipeline_replicas.micro_batch``)."""
     from tfplace.runtime.executor import Executor
     if splits is not None and isinstance(data_parallel, int) and data_parallel > 1 and \
             sync_backend == "tf":               # the mesh's own error before the replicas'
         from tfplace.splits.mesh import check_mesh
         check_mesh(len(cluster.devices), data_parallel)
-    if pipeline is not None:
+    if pipeline is not None and data_parallel != 1:
+        from tfplace.pipeline_replicas import plan_pipeline_replicas, replica_count
+        plan = plan_pipeline_replicas(
+            captured, cluster, replicas=replica_count(cluster, data_parallel, pipeline["stages"],
+                                                      sync_backend),
+            pipeline=pipeline, sync=sync, backend=sync_backend, fusion_bytes=fusion_bytes,
+            layer_names=layer_names, calibration=calibration)
+    elif pipeline is not None:
         from tfplace.pipeline_parallel import plan_pipeline_step
-        if data_parallel != 1:
-            raise PlanError(f"pipeline_stages with data_parallel={data_parallel!r} is not "
-                            "supported yet; use data_parallel=1 with a pipeline")
         groups = None
         if splits is not None:                  # splits within a stage: a device group each
             from tfplace.split_compose import stage_groups
@@ -154,7 +158,7 @@ class ParallelFunction:
                  sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None, pipeline: PipelineOptions | None = None,
                  splits: Any = None) -> None:
-        from tfplace.data_parallel import replica_total
+        from tfplace.pipeline_replicas import replica_total
         from tfplace.placers import get_placer
         get_placer(placer)                      # fail fast on an unknown name
         self.python_function = fn
@@ -166,7 +170,7 @@ class ParallelFunction:
                 sync_backend == "tf":           # the mesh's own error before the replicas'
             from tfplace.splits.mesh import check_mesh
             check_mesh(len(cluster.devices), data_parallel)
-        self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
+        self.data_parallel = replica_total(cluster, data_parallel, self.pipeline, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
         self._executors: dict[Any, Any] = {}
@@ -177,7 +181,11 @@ class ParallelFunction:
         key = _signature_key(args, kwargs)
         ex = self._executors.get(key)
         if ex is None:
-            if self.pipeline is not None:
+            if self.pipeline is not None and self.data_parallel > 1:
+                from tfplace.pipeline_replicas import micro_batch as replica_micro_batch
+                (args, kwargs), _ = replica_micro_batch(
+                    (args, kwargs), self.data_parallel, self.pipeline["micro_batches"])
+            elif self.pipeline is not None:
                 from tfplace.pipeline_parallel import micro_batch
                 (args, kwargs), _ = micro_batch((args, kwargs), self.pipeline["micro_batches"])
             elif self.data_parallel > 1:
@@ -257,6 +265,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
     run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
     (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.
+    With ``data_parallel=R`` as well, R copies of the pipeline run on R*K devices, each on its
+    share of the batch, and each stage's gradients are all-reduced across its R copies.
     """
     pipe = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
                             schedule=schedule, stage_boundaries=stage_boundaries)
@@ -286,10 +296,14 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
     replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
     the steps there, with the measured sync/backward overlap (``runtime.trace``). With a
     ``pipeline`` the step is captured on one micro-batch."""
-    from tfplace.data_parallel import replica_total
-    replicas = replica_total(cluster, data_parallel, sync_backend)
+    from tfplace.pipeline_replicas import check_batch, replica_total
     pipeline = pipeline_options(pipeline)
-    parts = pipeline["micro_batches"] if pipeline is not None else replicas
+    replicas = replica_total(cluster, data_parallel, pipeline, sync_backend)
+    parts = replicas
+    if pipeline is not None:                      # one micro-batch of one replica
+        if replicas > 1:
+            check_batch(batch_size, replicas, pipeline["micro_batches"])
+        parts = replicas * pipeline["micro_batches"]
     captured, example = _capture_for_run(source, batch_size, parts)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,

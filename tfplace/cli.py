@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from tfplace.cli_options import (CLUSTER_HELP, DEFAULT_PLACER, SPLITS_HELP, _batch_option,
                                   _bytes_arg, _check_placer, _micro_batch, _parse_task,
                                   _pipeline_options, _placer_help, _planned_replicas,
-                                  _replicas_arg, _shard_batch, _source_options, _stages_arg,
+                                  _replica_micro_batch, _replicas_arg, _shard_batch, _source_options, _stages_arg,
                                   _sync_names, _sync_options, resolve_cluster)
 from tfplace.errors import BackendError, TfplaceError
 
@@ -30,13 +30,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         load_calibration(args.calibration)               # a bad file fails before any launch
     with resolve_cluster(args.cluster) as cluster:
         from tfplace.api import load_source, plan_captured
-        replicas = _planned_replicas(cluster, args.data_parallel, args.sync_backend)
+        pipeline = _pipeline_options(args)
+        replicas = _planned_replicas(cluster, args.data_parallel, args.sync_backend, pipeline)
         calibration = None
         if args.calibration:                             # scales relative to the cluster's peak
             calibration = load_calibration(args.calibration,
                                            device_flops=cluster.devices[0].flops)
-        pipeline = _pipeline_options(args)
-        if pipeline is not None:                         # capture one micro-batch
+        if pipeline is not None and replicas > 1:        # one micro-batch of one replica
+            from tfplace.pipeline_replicas import plan_pipeline_replicas
+            opts = _source_options(args)
+            opts["batch_size"] = _replica_micro_batch(args, replicas, pipeline["micro_batches"])
+            captured = load_source(args.source, **opts)
+            plan = plan_pipeline_replicas(captured, cluster, replicas=replicas, pipeline=pipeline,
+                                          sync=args.sync, backend=args.sync_backend,
+                                          fusion_bytes=args.fusion_bytes,
+                                          calibration=calibration)
+        elif pipeline is not None:                       # capture one micro-batch
             from tfplace.pipeline_parallel import plan_pipeline_step
             opts = _source_options(args)
             opts["batch_size"] = _micro_batch(args, pipeline["micro_batches"])
@@ -79,9 +88,13 @@ def _cmd_rewrite(args: argparse.Namespace) -> int:
     _check_plan_matches(args, plan)
     from tfplace.api import load_source, rewrite_captured
     opts = _source_options(args)
-    if plan.num_replicas > 1:                            # the plan was made on one replica's share
+    if plan.pipeline is not None and plan.num_replicas > 1:     # ... one replica's micro-batch
+        opts["batch_size"] = _replica_micro_batch(args, plan.num_replicas,
+                                                  plan.pipeline.micro_batches,
+                                                  plan.pipeline.global_batch)
+    elif plan.num_replicas > 1:                          # the plan was made on one replica's share
         opts["batch_size"] = _shard_batch(args, plan.num_replicas)
-    if plan.pipeline is not None:                        # ... or on one micro-batch
+    elif plan.pipeline is not None:                      # ... or on one micro-batch
         opts["batch_size"] = _micro_batch(args, plan.pipeline.micro_batches,
                                           args.batch_size or plan.pipeline.global_batch)
     captured = load_source(args.source, **opts)
@@ -101,7 +114,8 @@ def _check_plan_matches(args: argparse.Namespace, plan: "Plan") -> None:
     problems = []
     if args.data_parallel is not None:
         want = _planned_replicas(plan.cluster, args.data_parallel,
-                                 plan.sync.backend if plan.sync else "tf")
+                                 plan.sync.backend if plan.sync else "tf",
+                                 {"stages": plan.pipeline.num_stages} if plan.pipeline else None)
         if want != plan.num_replicas:
             problems.append(f"--data-parallel {args.data_parallel} ({want} replicas) but the plan "
                             f"has {plan.num_replicas}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from tfplace.errors import ClusterError
 
@@ -105,9 +105,14 @@ def _sync_options(args: argparse.Namespace) -> SyncOptions:
             "fusion_bytes": args.fusion_bytes}
 
 
-def _planned_replicas(cluster: "Cluster", replicas: int | str, backend: str) -> int:
+def _planned_replicas(cluster: "Cluster", replicas: int | str, backend: str,
+                      pipeline: Any = None) -> int:
     """Replicas to plan for: groups of the cluster's devices, or Horovod processes (each on
-    the whole cluster; an int needs no running Horovod, so plans can be made offline)."""
+    the whole cluster; an int needs no running Horovod, so plans can be made offline); with
+    pipeline options, whole pipelines (``pipeline_replicas.replica_count``)."""
+    if pipeline is not None and replicas != 1:
+        from tfplace.pipeline_replicas import replica_count as pipelines
+        return pipelines(cluster, replicas, pipeline["stages"], backend)
     if backend == "horovod":
         from tfplace.data_parallel import horovod_groups
         return len(horovod_groups(cluster, replicas))
@@ -119,6 +124,16 @@ def _shard_batch(args: argparse.Namespace, replicas: int) -> int:
     """One replica's share of the global --batch-size (PlanError when it does not divide)."""
     from tfplace.replicas import split_batch
     return split_batch(args.batch_size or DEFAULT_BATCH, replicas)[0]
+
+
+def _replica_micro_batch(args: argparse.Namespace, replicas: int, micro_batches: int,
+                        batch: int | None = None) -> int:
+    """One micro-batch of one replica's share of the global --batch-size (PlanError naming
+    R, M and the batch when it does not split)."""
+    from tfplace.pipeline_replicas import check_batch
+    batch = batch or args.batch_size or DEFAULT_BATCH
+    check_batch(batch, replicas, micro_batches)
+    return batch // (replicas * micro_batches)
 
 
 def _stages_arg(text: str) -> int | str:

@@ -30,14 +30,14 @@ class _ParallelizeImpl:
                  stage_boundaries: Any = None, splits: Any = None) -> None:
         super().__init__()
         from tfplace.api import pipeline_options
-        from tfplace.data_parallel import replica_total
+        from tfplace.pipeline_replicas import replica_total
         from tfplace.placers import get_placer
         get_placer(placer)
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
         self.splits = splits
         self.pipeline = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
                                          schedule=schedule, stage_boundaries=stage_boundaries)
-        self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
+        self.data_parallel = replica_total(cluster, data_parallel, self.pipeline, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
         self.executor: Any = None
@@ -54,8 +54,9 @@ class _ParallelizeImpl:
             shard = data
             layer_names = None
             if self.pipeline is not None:       # captured on one micro-batch, units = layers
-                from tfplace.pipeline_parallel import micro_batch
-                (shard,), _ = micro_batch((data,), self.pipeline["micro_batches"])
+                from tfplace.pipeline_replicas import micro_batch
+                (shard,), _ = micro_batch((data,), self.data_parallel,
+                                          self.pipeline["micro_batches"])
                 layer_names = [layer.name for layer in self.model.layers]
             elif self.data_parallel > 1:
                 from tfplace.data_parallel import shard_args
@@ -113,7 +114,8 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
 
     The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
     yields are the global batches, split across the replicas; with ``pipeline_stages`` each
-    batch is split into ``micro_batches`` and the stages follow the model's layers; ``splits``
+    batch is split into ``micro_batches`` and the stages follow the model's layers (with both,
+    each replica is a pipeline on its share of the batch); ``splits``
     splits the named variables over the devices (model parallelism)."""
     global _cls
     if _cls is None:

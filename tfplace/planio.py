@@ -143,6 +143,11 @@ def summary_table(plan: "Plan") -> str:
 def _data_parallel_lines(plan: "Plan", sync: "GradientSyncPlan") -> list[str]:
     """Replicas, the sync method with the cost figures that chose it, and the gradient buckets."""
     lines = [f"data parallel: {plan.num_replicas} replicas"]
+    if plan.pipeline is not None:                 # each replica a whole pipeline
+        k = plan.pipeline.num_stages
+        lines = [f"data parallel x pipeline: {plan.num_replicas} replicas x {k} stages "
+                 f"({plan.num_replicas * k} devices; each stage's gradients synced across "
+                 "its replicas)"]
     lines += [f"  replica {i}: {', '.join(devices)}" for i, devices in enumerate(plan.replicas)]
     lines.append(f"sync: {sync.method} (backend {sync.backend}, {sync.replicas} replicas)  "
                  f"fusion={_human(sync.fusion_bytes)}  exposed={sync.exposed_seconds * 1e3:.3f} ms")

@@ -130,7 +130,9 @@ def apply(graph_def: Any, spec: Any) -> Any:
 def _split_identity_n(gd: Any) -> None:
     """Keras passes all gradients through one IdentityN; give each its own Identity so that a
     gradient's path to its variable's update does not run through every other gradient."""
-    multi = {n.name: n for n in gd.node if n.op == "IdentityN"}
+    used = {_src(i) for n in gd.node for i in n.input if not i.startswith("^")}
+    # (one split before, e.g. a pipeline's micro-batches, leaves an unused IdentityN behind)
+    multi = {n.name: n for n in gd.node if n.op == "IdentityN" and n.name in used}
     if not multi:
         return
     for n in gd.node:

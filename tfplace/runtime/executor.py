@@ -18,14 +18,26 @@ def _same_device(a: str, b: str) -> bool:
     return canon(a) == canon(b)
 
 
+def _replica_path(node: str) -> tuple[list[int], str]:
+    """'tfplace_r1/tfplace_r0/dense/kernel' -> ([1, 0], 'dense/kernel'): the replica copies
+    (outermost first; pipeline x data parallel nests micro-batch copies in replicas) and the
+    captured node a copy stands for."""
+    path: list[int] = []
+    while True:
+        head, sep, rest = node.partition("/")
+        if not (sep and head.startswith("tfplace_r") and head[9:].isdigit()):
+            return path, node
+        path.append(int(head[9:]))
+        node = rest
+
+
 def _base_name(node: str) -> str:
     """'tfplace_r3/dense/kernel' -> 'dense/kernel': the captured node a replica copy stands for."""
-    head, sep, rest = node.partition("/")
-    return rest if sep and head.startswith("tfplace_r") and head[9:].isdigit() else node
+    return _replica_path(node)[1]
 
 
 def _is_primary(node: str) -> bool:
-    return node == _base_name(node) or node.startswith("tfplace_r0/")
+    return not any(_replica_path(node)[0])
 
 
 class Executor:

@@ -35,10 +35,18 @@ class LocalWorkers:
         return [f"{t.job}:{t.index} ({t.address}, exit {p.poll()})"
                 for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
 
-    def check(self) -> None:
-        dead = self.dead()
-        if dead:
-            raise WorkerLost(f"worker(s) {', '.join(dead)} died; nothing was applied by the "
+    def dead_tasks(self) -> list[Task]:
+        return [t for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
+
+    def check(self, ran: Any = None) -> None:
+        """WorkerLost when a worker has exited; ``ran(task)`` may say what ran there (e.g.
+        "pipeline stage 1"), appended to the worker's name."""
+        lost = [(t, f"{t.job}:{t.index} ({t.address}, exit {p.poll()})")
+                for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
+        if lost:
+            names = [name + (f", which ran {ran(t)}" if ran and ran(t) else "")
+                     for t, name in lost]
+            raise WorkerLost(f"worker(s) {'; '.join(names)} died; nothing was applied by the "
                              "failed step: restart the cluster (Cluster.launch_local) and "
                              "re-run from the last good state")
 

@@ -19,6 +19,7 @@ class PipelineOptions(TypedDict, total=False):
     micro_batches: int
     schedule: str
     stage_boundaries: Any
+    devices_per_stage: int
 
 
 class SyncOptions(TypedDict):
@@ -89,7 +90,7 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
             raise PlanError(f"pipeline_stages with data_parallel={data_parallel!r} is not "
                             "supported yet; use data_parallel=1 with a pipeline")
         plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
-                                  calibration=calibration)
+                                  calibration=calibration, placer=placer)
     elif data_parallel == 1:
         plan = plan_captured(captured, cluster, placer=placer, calibration=calibration)
     else:
@@ -216,7 +217,8 @@ def pipeline_options(options: Any = None, **kwargs: Any) -> PipelineOptions | No
     out: PipelineOptions = {"stages": opts["stages"],
                             "micro_batches": opts.get("micro_batches", 1),
                             "schedule": opts.get("schedule", "1f1b"),
-                            "stage_boundaries": opts.get("stage_boundaries")}
+                            "stage_boundaries": opts.get("stage_boundaries"),
+                            "devices_per_stage": opts.get("devices_per_stage", 1)}
     check_options(out["stages"], out["micro_batches"], out["schedule"])
     return out
 
@@ -226,7 +228,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                 micro_batches: int = 1, schedule: str = "1f1b",
-                stage_boundaries: Any = None, splits: Any = None) -> Any:
+                stage_boundaries: Any = None, devices_per_stage: int = 1,
+                splits: Any = None) -> Any:
     """Decorator (or call) that runs a training step statically placed on ``cluster``.
 
     ``writeback="step"`` keeps the user's variables current after every step; ``"manual"``
@@ -239,10 +242,12 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     variables (and the ops on them) over all the cluster's devices (model parallelism).
     ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
     run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
-    (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.
+    (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage;
+    ``devices_per_stage=D`` gives each stage D devices, its ops placed over them by ``placer``.
     """
     pipe = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
-                            schedule=schedule, stage_boundaries=stage_boundaries)
+                            schedule=schedule, stage_boundaries=stage_boundaries,
+                            devices_per_stage=devices_per_stage)
 
     def wrap(f: Callable[..., Any]) -> ParallelFunction:
         return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,

@@ -27,7 +27,8 @@ class _ParallelizeImpl:
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                  micro_batches: int = 1, schedule: str = "1f1b",
-                 stage_boundaries: Any = None, splits: Any = None) -> None:
+                 stage_boundaries: Any = None, devices_per_stage: int = 1,
+                 splits: Any = None) -> None:
         super().__init__()
         from tfplace.api import pipeline_options
         from tfplace.data_parallel import replica_total
@@ -36,7 +37,8 @@ class _ParallelizeImpl:
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
         self.splits = splits
         self.pipeline = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
-                                         schedule=schedule, stage_boundaries=stage_boundaries)
+                                         schedule=schedule, stage_boundaries=stage_boundaries,
+                                         devices_per_stage=devices_per_stage)
         self.data_parallel = replica_total(cluster, data_parallel, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
@@ -108,7 +110,8 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                 micro_batches: int = 1, schedule: str = "1f1b",
-                stage_boundaries: Any = None, splits: Any = None) -> Any:
+                stage_boundaries: Any = None, devices_per_stage: int = 1,
+                splits: Any = None) -> Any:
     """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change.
 
     The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
@@ -122,4 +125,4 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
                 data_parallel=data_parallel, sync=sync, sync_backend=sync_backend,
                 fusion_bytes=fusion_bytes, pipeline_stages=pipeline_stages,
                 micro_batches=micro_batches, schedule=schedule, stage_boundaries=stage_boundaries,
-                splits=splits)
+                devices_per_stage=devices_per_stage, splits=splits)

@@ -64,7 +64,7 @@ def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int],
     flush = _closure([m for m in marks if m in names], succ)
     backward = _closure([n.name for n in graph_def.node
                          if n.name.partition("/")[2].startswith(GRADIENT_SCOPE)], succ)
-    stage_of = {s.devices[0]: s.index for s in pipe.stages}
+    stage_of = {d: s.index for s in pipe.stages for d in s.devices}
     out: dict[tuple[int, str, int], list[str]] = {}
     for n in graph_def.node:
         head, _, _ = n.name.partition("/")

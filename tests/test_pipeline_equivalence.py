@@ -102,6 +102,8 @@ def test_fit_callback_matches_plain_fit(local4):
                                    schedule="1f1b")
     h_got = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
     assert cb.plan.pipeline.num_stages == K
+    # batches after the first were read ahead and copied onto the first stage's device
+    assert cb.input_device == cb.plan.pipeline.stages[0].devices[0]
     layers = {layer.name for layer in got.layers}
     assert any(u in layers for s in cb.plan.pipeline.stages for u in s.units)
     np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)

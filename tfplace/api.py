@@ -198,6 +198,15 @@ class ParallelFunction:
     def executor(self) -> Any:
         return self._last
 
+    def prefetch(self, dataset: Any, buffer_size: int = 2) -> Any:
+        """An iterator over ``dataset`` (a tf.data.Dataset of this step's arguments) whose
+        batches are prefetched onto the device that reads the input (a pipeline's first
+        stage); the step is compiled on the first batch."""
+        from tfplace.runtime.prefetch import input_device, to_device
+        first = next(iter(dataset.take(1)))
+        args = first if isinstance(first, tuple) else (first,)
+        return to_device(dataset, input_device(self._executor(args, {})), buffer_size)
+
     def write_back(self) -> None:
         for ex in self._executors.values():
             ex.write_back()

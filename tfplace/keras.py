@@ -44,6 +44,8 @@ class _ParallelizeImpl:
                                           "fusion_bytes": fusion_bytes}
         self.executor: Any = None
         self._original: Any = None
+        self._lookahead: Any = None
+        self.input_device = ""                  # where the last batch was, when the step took it
 
     @property
     def plan(self) -> Any:
@@ -71,18 +73,27 @@ class _ParallelizeImpl:
                                          sum_variables=metric_vars, pipeline=self.pipeline,
                                          layer_names=layer_names, splits=self.splits,
                                          **self.sync_options)
+            if self._lookahead is not None:     # later batches are copied there ahead of time
+                from tfplace.runtime.prefetch import input_device
+                self._lookahead.device = input_device(self.executor) or None
+        import tensorflow as tf
+        first = tf.nest.flatten(data)[0]
+        self.input_device = getattr(first, "device", "")
         return self.executor(data)
 
     def on_train_begin(self, logs: Any = None) -> None:
         model = self.model
         self._original = model.train_function
         steps = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        from tfplace.runtime.prefetch import Lookahead, input_device
+        self._lookahead = Lookahead(None if self.executor is None else
+                                    input_device(self.executor) or None)
 
         def train_function(iterator: Any) -> Any:
             outputs = None
             for _ in range(steps):
                 try:
-                    data = next(iterator)
+                    data = self._lookahead.next(iterator)
                 except StopIteration:
                     if outputs is None:
                         raise
@@ -99,6 +110,8 @@ class _ParallelizeImpl:
             self.executor.refresh()
 
     def on_train_end(self, logs: Any = None) -> None:
+        if self._lookahead is not None:
+            self._lookahead.close()
         if self._original is not None:
             self.model.train_function = self._original
 

@@ -191,6 +191,11 @@ def test_stage_devices_spread_over_workers():
     assert stage_devices(c, 2, 2) == [(f"{w0}/device:CPU:0", f"{w0}/device:CPU:1"),
                                       (f"{w1}/device:CPU:0", f"{w1}/device:CPU:1")]
     assert stage_devices(c, 3, 2) is None
+    from tfplace.pipeline_parallel import check_devices_per_stage
+    with pytest.raises(PlanError, match="needs a fixed pipeline_stages \\(got 'auto'\\)"):
+        check_devices_per_stage(c, "auto", 2)
+    with pytest.raises(PlanError, match=r"devices_per_stage must be an int >= 1 \(got 0\)"):
+        check_devices_per_stage(c, 2, 0)
 
 
 def test_stage_spans_devices_placed_by_m_etf(local4):

@@ -80,9 +80,9 @@ def check_devices_per_stage(cluster: Cluster, stages: int | str, devices_per_sta
         raise PlanError(f"devices_per_stage must be an int >= 1 (got {devices_per_stage!r})")
     if devices_per_stage == 1:
         return
-    if stages == "auto":
+    if not isinstance(stages, int):
         raise PlanError(f"devices_per_stage={devices_per_stage} needs a fixed pipeline_stages "
-                        "(got 'auto'); pass pipeline_stages=K")
+                        f"(got {stages!r}); pass pipeline_stages=K")
     if stages * devices_per_stage > len(cluster.names):
         raise PlanError(f"{stages} stages x {devices_per_stage} devices per stage need "
                         f"{stages * devices_per_stage} devices but the cluster has "

@@ -41,7 +41,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             opts = _source_options(args)
             opts["batch_size"] = _micro_batch(args, pipeline["micro_batches"])
             captured = load_source(args.source, **opts)
-            plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration)
+            plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration,
+                                      placer=args.placer)
         elif replicas == 1:
             captured = load_source(args.source, **_source_options(args))
             plan = plan_captured(captured, cluster, placer=args.placer, calibration=calibration)
@@ -201,7 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="gradient bucket size in bytes (default: chosen by the planner)")
 
     def pipeline_flags(p: argparse.ArgumentParser) -> None:
-        """--pipeline-stages, --micro-batches, --schedule, --stage-boundaries."""
+        """--pipeline-stages, --micro-batches, --schedule, --stage-boundaries,
+        --devices-per-stage."""
         from tfplace.pipeline.schedules import SCHEDULE_NAMES
         g = p.add_argument_group("pipeline parallelism")
         g.add_argument("--pipeline-stages", type=_stages_arg, metavar="K|auto",
@@ -213,6 +215,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="pipeline schedule (default 1f1b)")
         g.add_argument("--stage-boundaries", metavar="NAME,...",
                        help="layers or ops that must start a stage, comma-separated")
+        g.add_argument("--devices-per-stage", type=int, default=1, metavar="D",
+                       help="devices of each stage (default 1); --placer places a stage's ops "
+                       "over its D devices")
 
     def source_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--signature", help="SavedModel signature to capture")

@@ -23,16 +23,20 @@ __all__ = ["input_device", "to_device", "Lookahead"]
 
 
 def input_device(executor: Any) -> str:
-    """The device the plan gives the step's first input (a pipeline's first stage's device)."""
+    """The device a pipeline plan gives the step's first input (on its first stage); "" for
+    other plans (their input is split or read where the runtime puts it)."""
     plan = executor.plan
-    name = executor.captured.inputs[0]
-    return plan.placement().get(name) or (plan.pipeline.stages[0].devices[0]
-                                          if plan.pipeline is not None else "")
+    if plan.pipeline is None:
+        return ""
+    return plan.placement().get(executor.captured.inputs[0]) or plan.pipeline.stages[0].devices[0]
 
 
 def to_device(dataset: Any, device: str, buffer_size: int = 2) -> Iterator[Any]:
-    """An iterator over ``dataset`` whose batches are prefetched onto ``device``."""
+    """An iterator over ``dataset`` whose batches are prefetched onto ``device`` (with no
+    device: prefetched where tf.data runs)."""
     import tensorflow as tf
+    if not device:
+        return iter(dataset.prefetch(buffer_size))
     if device.startswith("/job:") and not device.startswith("/job:localhost/"):
         return _ahead(iter(dataset), device)
     ds = dataset.apply(tf.data.experimental.prefetch_to_device(device, buffer_size))

@@ -14,7 +14,8 @@ import pytest
 import models
 import tfplace
 from tfplace.errors import PlanError
-from tfplace.rewrite.pipeline import done_name
+from tfplace.pipeline_parallel import pipeline_spec
+from tfplace.rewrite.pipeline import done_name, segments
 
 K = 4
 
@@ -25,8 +26,9 @@ def _base(name: str) -> str:
 
 
 def _check_graph(pstep) -> None:
-    """Every copied op runs on its stage's device, and each stage's segments are chained in the
-    schedule's order by NoOps."""
+    """Every copied op runs on its planned device, and each stage's segments are chained in the
+    schedule's order by NoOps. In a stage of several devices the flush (a gradient's sum and
+    its optimizer arithmetic, in no F/B segment) moves to its variable's device in the stage."""
     plan = pstep.plan
     pipe = plan.pipeline
     placement = plan.placement()
@@ -34,7 +36,11 @@ def _check_graph(pstep) -> None:
     nodes = {n.name: n for n in gd.node}
     copied = [n for n in gd.node if n.name.startswith("tfplace_r") and _base(n.name) in placement]
     assert len(copied) >= len(placement) * min(2, pipe.micro_batches) * 0.8
-    wrong = [(n.name, n.device) for n in copied if n.device != placement[_base(n.name)]]
+    stage_devs = {op: s.devices for s in pipe.stages for op in s.ops}
+    in_segment = {name for names in segments(gd, pipeline_spec(plan, pstep.executor.captured),
+                                             pipe).values() for name in names}
+    wrong = [(n.name, n.device) for n in copied if n.device != placement[_base(n.name)] and
+             not (n.name not in in_segment and n.device in stage_devs[_base(n.name)])]
     assert not wrong, wrong[:5]
     for v in plan.variables:                    # each variable once, on its layer's stage
         assert nodes[f"tfplace_r0/{v.node}"].device == v.device
@@ -96,6 +102,8 @@ def test_fit_callback_matches_plain_fit(local4):
                                    schedule="1f1b")
     h_got = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
     assert cb.plan.pipeline.num_stages == K
+    # batches after the first were read ahead and copied onto the first stage's device
+    assert cb.input_device == cb.plan.pipeline.stages[0].devices[0]
     layers = {layer.name for layer in got.layers}
     assert any(u in layers for s in cb.plan.pipeline.stages for u in s.units)
     np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)
@@ -171,8 +179,38 @@ def test_stage_devices_spread_over_workers():
     from tfplace.pipeline_parallel import stage_devices
     c = grpc_cluster([Task("worker", i, f"127.0.0.1:{7000 + i}") for i in range(2)], 2)
     w0, w1 = "/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"
-    assert stage_devices(c, 2) == [f"{w0}/device:CPU:0", f"{w1}/device:CPU:0"]
-    assert stage_devices(c, 3) == [f"{w0}/device:CPU:0", f"{w0}/device:CPU:1",
-                                   f"{w1}/device:CPU:0"]
-    assert stage_devices(c, 4) == list(c.names)
+    assert stage_devices(c, 2) == [(f"{w0}/device:CPU:0",), (f"{w1}/device:CPU:0",)]
+    assert stage_devices(c, 3) == [(f"{w0}/device:CPU:0",), (f"{w0}/device:CPU:1",),
+                                   (f"{w1}/device:CPU:0",)]
+    assert stage_devices(c, 4) == [(d,) for d in c.names]
     assert stage_devices(c, 5) is None and stage_devices(c, "auto") is None
+    # a stage of 2 devices stays inside one worker: only the stage boundary crosses gRPC
+    assert stage_devices(c, 2, 2) == [(f"{w0}/device:CPU:0", f"{w0}/device:CPU:1"),
+                                      (f"{w1}/device:CPU:0", f"{w1}/device:CPU:1")]
+    assert stage_devices(c, 3, 2) is None
+    from tfplace.pipeline_parallel import check_devices_per_stage
+    with pytest.raises(PlanError, match="needs a fixed pipeline_stages \\(got 'auto'\\)"):
+        check_devices_per_stage(c, "auto", 2)
+    with pytest.raises(PlanError, match=r"devices_per_stage must be an int >= 1 \(got 0\)"):
+        check_devices_per_stage(c, 2, 0)
+
+
+def test_stage_spans_devices_placed_by_m_etf(local4):
+    """K=2 stages of 2 devices each: the foundation's m_etf places each stage's ops over its
+    own two devices; 5 steps equal the single-device full-batch step."""
+    ref, (model, step) = models.twin("mlp8")
+    pstep = tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=4,
+                                devices_per_stage=2, placer="m_etf")
+    models.assert_same_training(ref, (model, pstep), kind="mlp8")
+    pipe = pstep.plan.pipeline
+    assert [s.devices for s in pipe.stages] == [local4.names[:2], local4.names[2:]]
+    placement = pstep.plan.placement()
+    for s in pipe.stages:                       # both devices work, nothing leaves the stage
+        assert {placement[op] for op in s.ops} == set(s.devices)
+    _check_graph(pstep)
+    summary = pstep.plan.summary()
+    assert all(",".join(s.devices) in summary for s in pipe.stages)
+    with pytest.raises(PlanError, match=r"2 stages x 3 devices per stage need 6 devices but "
+                                        r"the cluster has 4.*devices_per_stage=2"):
+        tfplace.parallelize(step, cluster=local4, pipeline_stages=2, micro_batches=2,
+                            devices_per_stage=3)(*models.data("mlp8"))

@@ -19,6 +19,7 @@ class PipelineOptions(TypedDict, total=False):
     micro_batches: int
     schedule: str
     stage_boundaries: Any
+    devices_per_stage: int
 
 
 class SyncOptions(TypedDict):
@@ -101,7 +102,7 @@ def compile_step(captured: Captured, cluster: Cluster, *, placer: str = "m_etf",
             from tfplace.split_compose import stage_groups
             groups = stage_groups(cluster.names, pipeline["stages"])
         plan = plan_pipeline_step(captured, cluster, **pipeline, layer_names=layer_names,
-                                  calibration=calibration, devices=groups)
+                                  calibration=calibration, devices=groups, placer=placer)
     elif data_parallel == 1 and splits is not None:   # memory checked as split; "auto"
         from tfplace.split_auto import plan_split_step
         plan = plan_split_step(captured, cluster, splits, placer=placer, calibration=calibration)
@@ -221,6 +222,15 @@ class ParallelFunction:
     def executor(self) -> Any:
         return self._last
 
+    def prefetch(self, dataset: Any, buffer_size: int = 2) -> Any:
+        """An iterator over ``dataset`` (a tf.data.Dataset of this step's arguments) whose
+        batches are prefetched onto the device that reads the input (a pipeline's first
+        stage); the step is compiled on the first batch."""
+        from tfplace.runtime.prefetch import input_device, to_device
+        first = next(iter(dataset.take(1)))
+        args = first if isinstance(first, tuple) else (first,)
+        return to_device(dataset, input_device(self._executor(args, {})), buffer_size)
+
     def write_back(self) -> None:
         for ex in self._executors.values():
             ex.write_back()
@@ -240,7 +250,8 @@ def pipeline_options(options: Any = None, **kwargs: Any) -> PipelineOptions | No
     out: PipelineOptions = {"stages": opts["stages"],
                             "micro_batches": opts.get("micro_batches", 1),
                             "schedule": opts.get("schedule", "1f1b"),
-                            "stage_boundaries": opts.get("stage_boundaries")}
+                            "stage_boundaries": opts.get("stage_boundaries"),
+                            "devices_per_stage": opts.get("devices_per_stage", 1)}
     check_options(out["stages"], out["micro_batches"], out["schedule"])
     return out
 
@@ -250,7 +261,8 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                 micro_batches: int = 1, schedule: str = "1f1b",
-                stage_boundaries: Any = None, splits: Any = None) -> Any:
+                stage_boundaries: Any = None, devices_per_stage: int = 1,
+                splits: Any = None) -> Any:
     """Decorator (or call) that runs a training step statically placed on ``cluster``.
 
     ``writeback="step"`` keeps the user's variables current after every step; ``"manual"``
@@ -264,12 +276,14 @@ def parallelize(fn: Callable[..., Any] | None = None, /, *, cluster: Cluster,
     ``data_parallel=R`` over each replica's devices (a 2-D mesh, R x devices/R).
     ``pipeline_stages=K`` (or ``"auto"``) cuts the step into K pipeline stages, one per device,
     run on ``micro_batches`` micro-batches of the global batch in ``schedule`` order
-    (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage.
+    (``"gpipe"`` | ``"1f1b"``); ``stage_boundaries`` names layers or ops that start a stage;
+    ``devices_per_stage=D`` gives each stage D devices, its ops placed over them by ``placer``.
     With ``data_parallel=R`` as well, R copies of the pipeline run on R*K devices, each on its
     share of the batch, and each stage's gradients are all-reduced across its R copies.
     """
     pipe = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
-                            schedule=schedule, stage_boundaries=stage_boundaries)
+                            schedule=schedule, stage_boundaries=stage_boundaries,
+                            devices_per_stage=devices_per_stage)
 
     def wrap(f: Callable[..., Any]) -> ParallelFunction:
         return ParallelFunction(f, cluster=cluster, placer=placer, writeback=writeback,

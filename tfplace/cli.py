@@ -55,7 +55,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 from tfplace.split_compose import stage_groups
                 groups = stage_groups(cluster.names, pipeline["stages"])
             plan = plan_pipeline_step(captured, cluster, **pipeline, calibration=calibration,
-                                      devices=groups)
+                                      devices=groups, placer=args.placer)
         elif replicas == 1 and args.splits:            # memory checked as split; "auto"
             from tfplace.split_auto import plan_split_step
             captured = load_source(args.source, **_source_options(args))
@@ -225,7 +225,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="gradient bucket size in bytes (default: chosen by the planner)")
 
     def pipeline_flags(p: argparse.ArgumentParser) -> None:
-        """--pipeline-stages, --micro-batches, --schedule, --stage-boundaries."""
+        """--pipeline-stages, --micro-batches, --schedule, --stage-boundaries,
+        --devices-per-stage."""
         from tfplace.pipeline.schedules import SCHEDULE_NAMES
         g = p.add_argument_group("pipeline parallelism")
         g.add_argument("--pipeline-stages", type=_stages_arg, metavar="K|auto",
@@ -237,6 +238,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="pipeline schedule (default 1f1b)")
         g.add_argument("--stage-boundaries", metavar="NAME,...",
                        help="layers or ops that must start a stage, comma-separated")
+        g.add_argument("--devices-per-stage", type=int, default=1, metavar="D",
+                       help="devices of each stage (default 1); --placer places a stage's ops "
+                       "over its D devices")
 
     def source_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--signature", help="SavedModel signature to capture")

@@ -150,7 +150,8 @@ def _pipeline_options(args: argparse.Namespace) -> "PipelineOptions | None":
     from tfplace.api import pipeline_options
     bounds = args.stage_boundaries.split(",") if args.stage_boundaries else None
     return pipeline_options(stages=args.pipeline_stages, micro_batches=args.micro_batches,
-                            schedule=args.schedule, stage_boundaries=bounds)
+                            schedule=args.schedule, stage_boundaries=bounds,
+                            devices_per_stage=getattr(args, "devices_per_stage", 1))
 
 
 def _micro_batch(args: argparse.Namespace, micro_batches: int, batch: int | None = None) -> int:

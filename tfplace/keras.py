@@ -27,7 +27,8 @@ class _ParallelizeImpl:
                  data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                  fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                  micro_batches: int = 1, schedule: str = "1f1b",
-                 stage_boundaries: Any = None, splits: Any = None) -> None:
+                 stage_boundaries: Any = None, devices_per_stage: int = 1,
+                 splits: Any = None) -> None:
         super().__init__()
         from tfplace.api import pipeline_options
         from tfplace.pipeline_replicas import replica_total
@@ -36,12 +37,15 @@ class _ParallelizeImpl:
         self.cluster, self.placer, self.calibration = cluster, placer, calibration
         self.splits = splits
         self.pipeline = pipeline_options(stages=pipeline_stages, micro_batches=micro_batches,
-                                         schedule=schedule, stage_boundaries=stage_boundaries)
+                                         schedule=schedule, stage_boundaries=stage_boundaries,
+                                         devices_per_stage=devices_per_stage)
         self.data_parallel = replica_total(cluster, data_parallel, self.pipeline, sync_backend)
         self.sync_options: SyncOptions = {"sync": sync, "sync_backend": sync_backend,
                                           "fusion_bytes": fusion_bytes}
         self.executor: Any = None
         self._original: Any = None
+        self._lookahead: Any = None
+        self.input_device = ""                  # where the last batch was, when the step took it
 
     @property
     def plan(self) -> Any:
@@ -70,18 +74,27 @@ class _ParallelizeImpl:
                                          sum_variables=metric_vars, pipeline=self.pipeline,
                                          layer_names=layer_names, splits=self.splits,
                                          **self.sync_options)
+            if self._lookahead is not None:     # later batches are copied there ahead of time
+                from tfplace.runtime.prefetch import input_device
+                self._lookahead.device = input_device(self.executor) or None
+        import tensorflow as tf
+        first = tf.nest.flatten(data)[0]
+        self.input_device = getattr(first, "device", "")
         return self.executor(data)
 
     def on_train_begin(self, logs: Any = None) -> None:
         model = self.model
         self._original = model.train_function
         steps = max(1, int(getattr(model, "steps_per_execution", 1) or 1))
+        from tfplace.runtime.prefetch import Lookahead, input_device
+        self._lookahead = Lookahead(None if self.executor is None else
+                                    input_device(self.executor) or None)
 
         def train_function(iterator: Any) -> Any:
             outputs = None
             for _ in range(steps):
                 try:
-                    data = next(iterator)
+                    data = self._lookahead.next(iterator)
                 except StopIteration:
                     if outputs is None:
                         raise
@@ -98,6 +111,8 @@ class _ParallelizeImpl:
             self.executor.refresh()
 
     def on_train_end(self, logs: Any = None) -> None:
+        if self._lookahead is not None:
+            self._lookahead.close()
         if self._original is not None:
             self.model.train_function = self._original
 
@@ -109,7 +124,8 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
                 data_parallel: Any = 1, sync: str = "auto", sync_backend: str = "tf",
                 fusion_bytes: int | None = None, pipeline_stages: int | str | None = None,
                 micro_batches: int = 1, schedule: str = "1f1b",
-                stage_boundaries: Any = None, splits: Any = None) -> Any:
+                stage_boundaries: Any = None, devices_per_stage: int = 1,
+                splits: Any = None) -> Any:
     """``model.fit(..., callbacks=[tfplace.keras.Parallelize(cluster=...)])``: no model change.
 
     The options are those of ``tfplace.parallelize``; with ``data_parallel`` the batches fit
@@ -124,4 +140,4 @@ def Parallelize(*, cluster: Cluster, placer: str = "m_etf", calibration: Any = N
                 data_parallel=data_parallel, sync=sync, sync_backend=sync_backend,
                 fusion_bytes=fusion_bytes, pipeline_stages=pipeline_stages,
                 micro_batches=micro_batches, schedule=schedule, stage_boundaries=stage_boundaries,
-                splits=splits)
+                devices_per_stage=devices_per_stage, splits=splits)

@@ -115,6 +115,10 @@ def plan_pipeline_replicas(captured: Any, cluster: Cluster, *, replicas: int,
     from tfplace.replicas import replica_groups
     from tfplace.sync_cost import choose_sync, default_fusion_bytes, gradient_sync_plan
     replica_count(cluster, replicas, pipeline["stages"], backend)
+    if pipeline.get("devices_per_stage", 1) != 1:
+        raise PlanError(f"devices_per_stage={pipeline['devices_per_stage']} with "
+                        f"data_parallel={replicas} is not supported yet; use devices_per_stage=1 "
+                        "with data_parallel, or data_parallel=1 with stages spanning devices")
     groups = replica_groups(cluster, replicas)
     sub = dataclasses.replace(cluster.without_runtime(),
                               devices=tuple(cluster.device(d) for d in groups[0]))

@@ -20,3 +20,27 @@ def test_grpc_pipeline_matches_single_device(kind, schedule, micro, workers2):
         ["/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"]
     homes = {p.device.split("/device:")[0] for _n, _o, p in pstep.executor.pairs}
     assert homes == {"/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"}
+
+
+def test_prefetched_dataset_lands_on_the_first_stage(workers2):
+    """pstep.prefetch(dataset): every batch is on stage 0's worker before its step starts, the
+    micro-batch split runs there, and 5 steps equal the single-device step."""
+    import numpy as np
+    import tensorflow as tf
+    ref, (model, step) = models.twin("mlp8")
+    pstep = tfplace.parallelize(step, cluster=workers2, pipeline_stages=2, micro_batches=2)
+    batches = [models.data("mlp8", seed=i) for i in range(5)]
+    ds = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(a) for a in zip(*batches)))
+    losses, devices = [], []
+    for x, y in pstep.prefetch(ds.batch(16)):
+        devices.append(x.device)
+        losses.append(float(pstep(x, y)))
+    first = pstep.plan.pipeline.stages[0].devices[0]
+    assert first.startswith("/job:worker/replica:0/task:0/") and devices == [first] * 5
+    splits = [n for n in pstep.executor.graph_def.node if n.op == "Split" and
+              n.name.startswith("tfplace_sync/")]
+    assert first in {n.device for n in splits}
+    expected = [float(ref[1](x, y)) for x, y in batches]
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    for w_ref, w_got in zip(ref[0].get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)

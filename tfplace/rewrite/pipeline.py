@@ -82,6 +82,12 @@ def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int],
 def apply(graph_def: Any, spec: Any, pipe: Any) -> Any:
     """The unrolled, schedule-ordered GraphDef; ``graph_def`` (placed) is not modified."""
     out = replicate.apply(graph_def, spec)
+    # the global batch is cut into micro-batches where the plan put the input (the first
+    # stage), not on the client: a batch prefetched onto that device stays there
+    home = {n.name: n.device for n in graph_def.node if n.name in spec.batch_inputs}
+    for n in out.node:
+        if n.op == "Split" and len(n.input) == 2 and _src(n.input[1]) in home:
+            n.device = home[_src(n.input[1])]
     segs = segments(out, spec, pipe)
     nodes = {n.name: n for n in out.node}
     for s, order in enumerate(pipe.orders()):

@@ -177,11 +177,22 @@ class Executor:
                 tf.errors.CancelledError, tf.errors.DeadlineExceededError) as e:
             launcher = getattr(self.cluster, "_launcher", None)
             if launcher is not None:
-                launcher.check()
+                launcher.check(ran=self._stages_on)
             raise WorkerLost(f"a worker stopped answering during the step ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}); nothing after the failure was "
                              "applied: restart the workers and retry") from e
         return self.captured.pack_outputs(out)
+
+    def _stages_on(self, task: Any) -> str:
+        """'pipeline stage 1' (or 'stages 0, 1'): the plan's stages with a device on ``task``."""
+        pipe = getattr(self.plan, "pipeline", None)
+        if pipe is None:
+            return ""
+        prefix = f"/job:{task.job}/replica:0/task:{task.index}/"
+        hit = [str(s.index) for s in pipe.stages if any(d.startswith(prefix) for d in s.devices)]
+        if not hit:
+            return ""
+        return f"pipeline stage{'s' if len(hit) > 1 else ''} {', '.join(hit)}"
 
     def _write_back_ops(self, deps: dict[str, list[Any]] | None = None) -> list[Any]:
         """Assign ops copying the placed values into the user's variables; in a step, after

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import IO, Any, cast
+from typing import IO, Any, Callable, cast
 
 from tfplace.cluster import Cluster, Task, grpc_cluster
 from tfplace.errors import ClusterError, WorkerLost
@@ -35,10 +35,14 @@ class LocalWorkers:
         return [f"{t.job}:{t.index} ({t.address}, exit {p.poll()})"
                 for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
 
-    def check(self) -> None:
-        dead = self.dead()
-        if dead:
-            raise WorkerLost(f"worker(s) {', '.join(dead)} died; nothing was applied by the "
+    def check(self, ran: Callable[[Task], str] | None = None) -> None:
+        """WorkerLost when a worker has exited; ``ran(task)`` may say what ran there (e.g.
+        "pipeline stage 1"), appended to the worker's name."""
+        lost = [(t, p.poll()) for p, t in zip(self.procs, self.tasks) if p.poll() is not None]
+        if lost:
+            names = [f"{t.job}:{t.index} ({t.address}, exit {code}"
+                     + (f"; ran {ran(t)})" if ran and ran(t) else ")") for t, code in lost]
+            raise WorkerLost(f"worker(s) {', '.join(names)} died; nothing was applied by the "
                              "failed step: restart the cluster (Cluster.launch_local) and "
                              "re-run from the last good state")
 

@@ -82,6 +82,29 @@ def test_dataflow_boxing_and_hierarchical_sync(local4, monkeypatch) -> None:
     assert [n for n in gd.node if n.op == "AddN" and "tfplace_split/all_reduce" in n.name]
 
 
+
+def test_split_embedding_table_on_the_mesh(local4) -> None:
+    """A row-split table (S(0)) with data_parallel=2: its IndexedSlices gradient stays whole in
+    each replica (each shard's masked segment sum picks its rows), all-gathered once per
+    replica; the table's shards on both devices of each replica."""
+    ref, (model, step) = models.twin("embedding")
+    table = [layer for layer in model.layers if isinstance(layer, keras.layers.Embedding)][0]
+    pstep = tfplace.parallelize(step, cluster=local4, splits=f"{table.name}:S(0)",
+                                data_parallel=2)
+    models.assert_same_training(ref, (model, pstep), kind="embedding")
+    shards = [placed.device for _n, orig, placed in pstep.executor.pairs
+              if "_shard" in placed.name and orig.name.split(":")[0] == table.embeddings.path]
+    assert sorted(shards) == [CPU + str(i) for i in range(4)], shards
+    gathers = [n for n in pstep.executor.graph_def.node if n.op == "ConcatV2"
+               and n.name.startswith("tfplace_sync/") and "embedding" in n.input[0]]
+    assert gathers, "the sparse gradient was not all-gathered"
+    replicas = [set(g) for g in pstep.plan.replicas]
+    devices = {n.device for n in gathers}
+    assert len(devices) == 2 and all(len(devices & r) == 1 for r in replicas), devices
+    for n in gathers:                               # one part from each replica
+        assert sorted(i.partition("/")[0] for i in n.input[:-1]) == ["tfplace_r0",
+                                                                      "tfplace_r1"], n.input
+
 @pytest.mark.parametrize("devices,replicas,dims,words", [
     (3, 2, (), ["3 devices", "2 replicas", "3 % 2 = 1", "data_parallel=1", "4 devices"]),
     (4, 4, (), ["1 device per replica", "data_parallel=2", "8 devices"]),

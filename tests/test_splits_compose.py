@@ -165,14 +165,33 @@ def test_splits_within_the_second_pipeline_stage(local4) -> None:
     assert "splits inside pipeline stage 1 of 2" in plan.summary()
 
 
-def test_split_variables_in_two_stages_are_a_plan_error(local4) -> None:
-    _ref, (model, step) = models.twin("mlp")
+def test_split_variables_in_two_stages(local4) -> None:
+    """A column-split Dense in stage 0 and a row-split Dense in stage 1 (gpipe, 2
+    micro-batches): one split plan per stage, each on its stage's two devices; the gradient
+    IdentityN is one Identity per gradient, so no op is split by both stages."""
+    from tfplace.splits.splitplan import SplitPlan
+    ref, (model, step) = models.twin("mlp")
     d = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     pstep = tfplace.parallelize(step, cluster=local4, splits=f"{d[0].name}:S(1);"
                                 f"{d[2].name}:S(0)", pipeline_stages=2, micro_batches=2,
-                                stage_boundaries=[f"{d[1].name}_1"])
-    with pytest.raises(PlanError, match=r"pipeline stages 0, 1; splits run within one stage"):
-        pstep.plan_for(*models.data("mlp"))
+                                schedule="gpipe", stage_boundaries=[f"{d[1].name}_1"])
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    plan = pstep.plan
+    groups = [st.devices for st in plan.pipeline.stages]
+    assert [p.devices for p in plan.splits.parts] == groups
+    assert not ({o.name for o in plan.splits.parts[0].ops} &
+                {o.name for o in plan.splits.parts[1].ops})
+    shards: dict[str, set[str]] = {}
+    for _n, orig, placed in pstep.executor.pairs:
+        if "_shard" in placed.name:
+            shards.setdefault(orig.name.split(":")[0], set()).add(placed.device)
+    assert shards[d[0].kernel.path] == set(groups[0]), shards
+    assert shards[d[2].kernel.path] == set(groups[1]), shards
+    gd = pstep.executor.graph_def
+    boxing = _groups(gd, "tfplace_split/")          # all-reduces: within one stage's group
+    assert boxing and all(g in [set(x) for x in groups] for g in boxing), boxing
+    assert SplitPlan.from_bytes(plan.splits.to_bytes()) == plan.splits
+    assert "splits inside pipeline stages 0, 1 of 2" in plan.summary()
 
 
 @pytest.mark.parametrize("devices,stages,words", [

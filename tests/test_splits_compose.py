@@ -194,6 +194,19 @@ def test_split_variables_in_two_stages(local4) -> None:
     assert "splits inside pipeline stages 0, 1 of 2" in plan.summary()
 
 
+def test_an_op_split_by_two_stages_is_a_plan_error() -> None:
+    from tfplace.split_parallel import _check_disjoint
+    from tfplace.splits.layout import B, parse_layout
+    from tfplace.splits.splitplan import SplitOp, SplitPlan
+    op = SplitOp("adam/Identity_3", "Identity", (parse_layout("S(0)"),), (parse_layout("S(0)"),))
+    parts = [SplitPlan(devices=("a", "b"), ops=(op,)), SplitPlan(devices=("c", "d"), ops=(op,))]
+    with pytest.raises(PlanError, match=r"'adam/Identity_3' is split by the split variables of "
+                                        r"two pipeline stages \(on a, b and on c, d\)"):
+        _check_disjoint(parts)
+    _check_disjoint([parts[0], SplitPlan(devices=("c", "d"),
+                                         ops=(SplitOp("x", "Identity", (B,), (B,)),))])
+
+
 @pytest.mark.parametrize("devices,stages,words", [
     (3, 2, ["2 pipeline stages on 3 devices", "3 / 2 = 1.5", "[1]", "4 devices"]),
     (4, 4, ["4 / 4 = 1", "[1, 2]", "8 devices"]),

@@ -34,9 +34,9 @@ def split_devices(plan: Plan, variables: Sequence[Any] = (),
     if plan.pipeline is not None:
         by_stage: dict[int, list[str]] = {}
         for name in splits:
-            stage = [plan.pipeline.stage_of(v.node) for v in variables
+            found = [plan.pipeline.stage_of(v.node) for v in variables
                      if name in (v.name, v.node)]
-            by_stage.setdefault(stage[0] if stage else 0, []).append(name)
+            by_stage.setdefault(found[0] if found else 0, []).append(name)
         out = []
         for stage, names in sorted(by_stage.items()):
             group = tuple(plan.pipeline.stages[stage].devices)

@@ -9,9 +9,11 @@ stage, and the rewrites that copy a split step over replicas or micro-batches.
                                       replica axis of the mesh only
       -> the split boxing's collectives of copy r re-keyed to copy r's group
 
-    splits within a pipeline stage: stages on equal device groups, ops on each group's first
-    device, the split pass over the group of the stage holding the split variables; M
-    micro-batch copies on the same devices, shard k's gradient accumulated on shard k's device
+    splits within pipeline stages: stages on equal device groups, ops on each group's first
+    device, the split pass over the group of each stage holding split variables (one pass per
+    stage, Keras' gradient IdentityN split per gradient first: split_identity_n); M
+    micro-batch copies on the same devices, shard k's gradient accumulated on shard k's
+    device, each variable shard kept on the device the split pass gave it
 """
 from __future__ import annotations
 

@@ -82,6 +82,29 @@ def test_dataflow_boxing_and_hierarchical_sync(local4, monkeypatch) -> None:
     assert [n for n in gd.node if n.op == "AddN" and "tfplace_split/all_reduce" in n.name]
 
 
+
+def test_split_embedding_table_on_the_mesh(local4) -> None:
+    """A row-split table (S(0)) with data_parallel=2: its IndexedSlices gradient stays whole in
+    each replica (each shard's masked segment sum picks its rows), all-gathered once per
+    replica; the table's shards on both devices of each replica."""
+    ref, (model, step) = models.twin("embedding")
+    table = [layer for layer in model.layers if isinstance(layer, keras.layers.Embedding)][0]
+    pstep = tfplace.parallelize(step, cluster=local4, splits=f"{table.name}:S(0)",
+                                data_parallel=2)
+    models.assert_same_training(ref, (model, pstep), kind="embedding")
+    shards = [placed.device for _n, orig, placed in pstep.executor.pairs
+              if "_shard" in placed.name and orig.name.split(":")[0] == table.embeddings.path]
+    assert sorted(shards) == [CPU + str(i) for i in range(4)], shards
+    gathers = [n for n in pstep.executor.graph_def.node if n.op == "ConcatV2"
+               and n.name.startswith("tfplace_sync/") and "embedding" in n.input[0]]
+    assert gathers, "the sparse gradient was not all-gathered"
+    replicas = [set(g) for g in pstep.plan.replicas]
+    devices = {n.device for n in gathers}
+    assert len(devices) == 2 and all(len(devices & r) == 1 for r in replicas), devices
+    for n in gathers:                               # one part from each replica
+        assert sorted(i.partition("/")[0] for i in n.input[:-1]) == ["tfplace_r0",
+                                                                      "tfplace_r1"], n.input
+
 @pytest.mark.parametrize("devices,replicas,dims,words", [
     (3, 2, (), ["3 devices", "2 replicas", "3 % 2 = 1", "data_parallel=1", "4 devices"]),
     (4, 4, (), ["1 device per replica", "data_parallel=2", "8 devices"]),
@@ -142,14 +165,46 @@ def test_splits_within_the_second_pipeline_stage(local4) -> None:
     assert "splits inside pipeline stage 1 of 2" in plan.summary()
 
 
-def test_split_variables_in_two_stages_are_a_plan_error(local4) -> None:
-    _ref, (model, step) = models.twin("mlp")
+def test_split_variables_in_two_stages(local4) -> None:
+    """A column-split Dense in stage 0 and a row-split Dense in stage 1 (gpipe, 2
+    micro-batches): one split plan per stage, each on its stage's two devices; the gradient
+    IdentityN is one Identity per gradient, so no op is split by both stages."""
+    from tfplace.splits.splitplan import SplitPlan
+    ref, (model, step) = models.twin("mlp")
     d = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     pstep = tfplace.parallelize(step, cluster=local4, splits=f"{d[0].name}:S(1);"
                                 f"{d[2].name}:S(0)", pipeline_stages=2, micro_batches=2,
-                                stage_boundaries=[f"{d[1].name}_1"])
-    with pytest.raises(PlanError, match=r"pipeline stages 0, 1; splits run within one stage"):
-        pstep.plan_for(*models.data("mlp"))
+                                schedule="gpipe", stage_boundaries=[f"{d[1].name}_1"])
+    models.assert_same_training(ref, (model, pstep), kind="mlp")
+    plan = pstep.plan
+    groups = [st.devices for st in plan.pipeline.stages]
+    assert [p.devices for p in plan.splits.parts] == groups
+    assert not ({o.name for o in plan.splits.parts[0].ops} &
+                {o.name for o in plan.splits.parts[1].ops})
+    shards: dict[str, set[str]] = {}
+    for _n, orig, placed in pstep.executor.pairs:
+        if "_shard" in placed.name:
+            shards.setdefault(orig.name.split(":")[0], set()).add(placed.device)
+    assert shards[d[0].kernel.path] == set(groups[0]), shards
+    assert shards[d[2].kernel.path] == set(groups[1]), shards
+    gd = pstep.executor.graph_def
+    boxing = _groups(gd, "tfplace_split/")          # all-reduces: within one stage's group
+    assert boxing and all(g in [set(x) for x in groups] for g in boxing), boxing
+    assert SplitPlan.from_bytes(plan.splits.to_bytes()) == plan.splits
+    assert "splits inside pipeline stages 0, 1 of 2" in plan.summary()
+
+
+def test_an_op_split_by_two_stages_is_a_plan_error() -> None:
+    from tfplace.split_parallel import _check_disjoint
+    from tfplace.splits.layout import B, parse_layout
+    from tfplace.splits.splitplan import SplitOp, SplitPlan
+    op = SplitOp("adam/Identity_3", "Identity", (parse_layout("S(0)"),), (parse_layout("S(0)"),))
+    parts = [SplitPlan(devices=("a", "b"), ops=(op,)), SplitPlan(devices=("c", "d"), ops=(op,))]
+    with pytest.raises(PlanError, match=r"'adam/Identity_3' is split by the split variables of "
+                                        r"two pipeline stages \(on a, b and on c, d\)"):
+        _check_disjoint(parts)
+    _check_disjoint([parts[0], SplitPlan(devices=("c", "d"),
+                                         ops=(SplitOp("x", "Identity", (B,), (B,)),))])
 
 
 @pytest.mark.parametrize("devices,stages,words", [

@@ -132,11 +132,12 @@ def summary_table(plan: "Plan") -> str:
             from tfplace.splits.mesh import mesh_lines
             lines += mesh_lines(plan.replicas, plan.splits.devices)
         if plan.pipeline is not None:
-            stage = [st.index for st in plan.pipeline.stages
-                     if set(plan.splits.devices) <= set(st.devices)]
-            lines.append(f"splits inside pipeline stage {stage[0] if stage else '?'} of "
-                         f"{plan.pipeline.num_stages} (each micro-batch's shard gradients "
-                         "accumulate on their own devices)")
+            stages = [str(st.index) for st in plan.pipeline.stages
+                      for part in (plan.splits.parts or (plan.splits,))
+                      if set(part.devices) <= set(st.devices)]
+            lines.append(f"splits inside pipeline stage{'s' if len(stages) > 1 else ''} "
+                         f"{', '.join(stages) or '?'} of {plan.pipeline.num_stages} (each "
+                         "micro-batch's shard gradients accumulate on their own devices)")
     return "\n".join(lines)
 
 

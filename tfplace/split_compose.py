@@ -9,9 +9,11 @@ stage, and the rewrites that copy a split step over replicas or micro-batches.
                                       replica axis of the mesh only
       -> the split boxing's collectives of copy r re-keyed to copy r's group
 
-    splits within a pipeline stage: stages on equal device groups, ops on each group's first
-    device, the split pass over the group of the stage holding the split variables; M
-    micro-batch copies on the same devices, shard k's gradient accumulated on shard k's device
+    splits within pipeline stages: stages on equal device groups, ops on each group's first
+    device, the split pass over the group of each stage holding split variables (one pass per
+    stage, Keras' gradient IdentityN split per gradient first: split_identity_n); M
+    micro-batch copies on the same devices, shard k's gradient accumulated on shard k's
+    device, each variable shard kept on the device the split pass gave it
 """
 from __future__ import annotations
 
@@ -21,31 +23,63 @@ from tfplace.capture import Captured
 from tfplace.errors import PlanError
 from tfplace.plan import Plan
 
-__all__ = ["split_devices", "stage_groups", "check_composition", "replicate_split",
+__all__ = ["split_devices", "split_identity_n", "stage_groups", "check_composition", "replicate_split",
            "pipeline_split"]
 
 
 def split_devices(plan: Plan, variables: Sequence[Any] = (),
-                  splits: Sequence[str] = ()) -> tuple[str, ...]:
-    """The devices one copy of the split step may use: replica 0's group with data
-    parallelism, the group of the pipeline stage that holds the split ``variables`` (named in
-    ``splits``), all of the cluster's devices otherwise."""
+                  splits: Sequence[str] = ()) -> list[tuple[tuple[str, ...], list[str]]]:
+    """The devices one copy of the split step may use, with the names in ``splits`` split
+    there: replica 0's group with data parallelism, all of the cluster's devices alone; with a
+    pipeline, one entry per stage that holds split ``variables``: the stage's group and its
+    split variables (each stage's splits planned and applied on its own group)."""
     if plan.pipeline is not None:
-        stages = sorted({plan.pipeline.stage_of(v.node) for v in variables
-                         if v.name in splits or v.node in splits})
-        if len(stages) > 1:
-            raise PlanError(f"the split variables lie in pipeline stages "
-                            f"{', '.join(map(str, stages))}; splits run within one stage for "
-                            "now: split the variables of one stage, or move the stage "
-                            "boundaries (stage_boundaries=...) so that one stage holds them")
-        group = tuple(plan.pipeline.stages[stages[0] if stages else 0].devices)
-        if len(group) < 2:
-            raise PlanError(f"splits within pipeline stage {stages[0] if stages else 0}: the "
-                            f"stage has {len(group)} device; plan the stages on device groups "
-                            "(split_compose.stage_groups), as parallelize(splits=..., "
-                            "pipeline_stages=K) does")
-        return group
-    return tuple(plan.replicas[0]) if plan.num_replicas > 1 else tuple(plan.cluster.names)
+        by_stage: dict[int, list[str]] = {}
+        for name in splits:
+            found = [plan.pipeline.stage_of(v.node) for v in variables
+                     if name in (v.name, v.node)]
+            by_stage.setdefault(found[0] if found else 0, []).append(name)
+        out = []
+        for stage, names in sorted(by_stage.items()):
+            group = tuple(plan.pipeline.stages[stage].devices)
+            if len(group) < 2:
+                raise PlanError(f"splits within pipeline stage {stage}: the stage has "
+                                f"{len(group)} device; plan the stages on device groups "
+                                "(split_compose.stage_groups), as parallelize(splits=..., "
+                                "pipeline_stages=K) does")
+            out.append((group, names))
+        return out
+    group = tuple(plan.replicas[0]) if plan.num_replicas > 1 else tuple(plan.cluster.names)
+    return [(group, list(splits))]
+
+
+def split_identity_n(graph_def: Any) -> Any:
+    """A copy of ``graph_def`` where each output of a Keras gradient IdentityN is an Identity
+    of its own (rewrite/ps.py's helper; shape hints kept, the IdentityN dropped), so that the
+    gradients of different pipeline stages' split variables meet in no shared op."""
+    from tfplace.rewrite.ps import _split_identity_n
+    gd = type(graph_def)()
+    gd.CopyFrom(graph_def)
+    multi = {n.name: n for n in gd.node if n.op == "IdentityN"}
+    _split_identity_n(gd)
+    for n in gd.node:
+        head, _, tail = n.name.rpartition("/tfplace_part_")
+        if n.op == "Identity" and head in multi:
+            shapes = multi[head].attr["_output_shapes"].list.shape
+            if len(shapes) > int(tail):
+                n.attr["_output_shapes"].list.shape.add().CopyFrom(shapes[int(tail)])
+    parts = {name: [f"^{name}/tfplace_part_{i}" for i, inp in enumerate(
+        x for x in node.input if not x.startswith("^"))] for name, node in multi.items()}
+    for n in gd.node:
+        ctrl = [x for x in n.input if x.startswith("^") and x[1:] in multi]
+        if ctrl:
+            keep = [x for x in n.input if x not in ctrl]
+            del n.input[:]
+            n.input.extend(keep + [p for x in ctrl for p in parts[x[1:]]])
+    keep_nodes = [n for n in gd.node if n.name not in multi]
+    del gd.node[:]
+    gd.node.extend(keep_nodes)
+    return gd
 
 
 def stage_groups(devices: Sequence[str], stages: Any) -> list[tuple[str, ...]]:
@@ -135,14 +169,36 @@ def pipeline_split(split_gd: Any, plan: Plan, captured: Captured) -> Any:
         for m in bucket:
             if m in sharded:
                 buckets += [(name,) for name in sharded[m]]
-                targets += list(plan.splits.devices)
+                targets += list(plan.splits.part_of(m).devices)
             else:
                 buckets.append((m,))
                 targets.append(target)
     spec = dataclasses.replace(spec, dense=tuple(buckets), ps_targets=tuple(targets))
     out = pipeline.apply(split_gd, spec, plan.pipeline)
-    _rekey(out, spec.groups, plan.splits.devices)
+    _keep_shard_homes(split_gd, out)
+    for part in plan.splits.parts or (plan.splits,):
+        _rekey(out, spec.groups, part.devices)
     return out
+
+
+def _keep_shard_homes(split_gd: Any, out: Any) -> None:
+    """Each variable shard (and the ops using its resource) back on the device the split pass
+    gave it: the pipeline pass homes a variable with its whole gradient's accumulation, which
+    for a split variable whose gradient is made whole would put every shard on one device."""
+    from tfplace.rewrite.splits import SHARD_INDEX
+    home = {n.name: n.device for n in split_gd.node if SHARD_INDEX in n.attr}
+    if not home:
+        return
+    by_name = {n.name: n for n in out.node}
+    for n in out.node:
+        base = n.name.partition("/")[2] if n.name.startswith("tfplace_r") else n.name
+        if base in home:
+            n.device = home[base]
+    for n in out.node:                  # resource ops take the handle as their first input
+        src = by_name.get(n.input[0].split(":")[0]) if n.input and \
+            not n.input[0].startswith("^") else None
+        if src is not None and SHARD_INDEX in src.attr:
+            n.device = src.device
 
 
 def _shard_marks(split_gd: Any, plan: Plan,
@@ -157,13 +213,13 @@ def _shard_marks(split_gd: Any, plan: Plan,
         return gd, {}
     nodes = {n.name: n for n in gd.node}
     orig = {n.name: n for n in captured.graph_def.node}
-    n = len(plan.splits.devices)
     marks = [m.node for m in captured.gradients] + \
         [m.indices for m in captured.gradients if m.sparse]
     out: dict[str, list[str]] = {}
     for mark in marks:
         if shard_name(0, mark) not in nodes:
             continue
+        n = len(plan.splits.part_of(mark).devices)
         layout = plan.splits.op(mark).outputs[0]
         dims = orig[mark].attr["_output_shapes"].list.shape[0].dim
         shape = [int(d.size) for d in dims]
@@ -194,6 +250,8 @@ def _rekey(gd: Any, groups: Sequence[Sequence[str]], split_group: Sequence[str])
             continue
         r = int(head[len("tfplace_r"):])
         devices = [device_map(groups, r).get(d, d) for d in split_group]
+        if node.device not in devices:  # another part's group (splits in several stages)
+            continue
         group = nodes[node.input[2].split(":")[0]].attr["value"].tensor
         instance = nodes[node.input[3].split(":")[0]].attr["value"].tensor
         group.int_val[0] = _stable_key(TOKEN_PREFIX, *devices)

@@ -20,19 +20,54 @@ def plan_splits(captured: Captured, plan: Plan, spec: Any) -> Plan:
     from tfplace.analysis import analyse
     from tfplace.split_compose import check_composition, split_devices
     from tfplace.splits import node_attrs, parse_split_spec, propagate, resolve_splits
+    from tfplace.splits.splitplan import SplitPlan
     if parse_split_spec(spec) == "auto":      # splits alone: split_auto.plan_split_step
         raise PlanError('splits="auto" plans a step with splits alone (no data_parallel, no '
                         'pipeline); name the splits, e.g. splits="dense_1:S(1);dense_2:S(0)"')
     names = [v.name for v in captured.variables]
     resolved = resolve_splits(spec, names, shapes={v.name: v.shape for v in captured.variables})
     check_composition(plan, split_dims(resolved, captured.variables))
-    dag = analyse(captured.graph_def, captured.variables)
-    group = split_devices(plan, captured.variables, list(resolved))
-    split_plan = propagate(dag, resolved, devices=split_group(group, resolved,
-                                                              captured.variables),
-                           variables=captured.variables, attrs=node_attrs(captured.graph_def),
-                           outputs=captured.outputs)
+    groups = split_devices(plan, captured.variables, list(resolved))
+    graph_def = captured.graph_def
+    if len(groups) > 1:                  # stages' gradients apart (rewrite: the same copy)
+        from tfplace.split_compose import split_identity_n
+        graph_def = split_identity_n(graph_def)
+    dag = analyse(graph_def, captured.variables)
+    parts = []
+    for group, names in groups:
+        mine = {name: resolved[name] for name in names}
+        parts.append(propagate(dag, mine, devices=split_group(group, mine, captured.variables),
+                               variables=captured.variables, attrs=node_attrs(graph_def),
+                               outputs=captured.outputs, fence=_fence(plan, group, dag)))
+    if len(parts) > 1:
+        _check_disjoint(parts)
+    split_plan = parts[0] if len(parts) == 1 else SplitPlan.of_parts(tuple(parts))
     return dataclasses.replace(plan, splits=split_plan)
+
+
+def _fence(plan: Plan, group: Sequence[str], dag: Any) -> frozenset[str]:
+    """The ops a stage's split plan leaves whole: the other pipeline stages' ops, except the
+    Identity ops a gradient passes through on its way to the optimizer (Keras' gradient
+    Identity may sit on another stage; it carries one gradient, split where it is made)."""
+    if plan.pipeline is None:
+        return frozenset()
+    return frozenset(op for st in plan.pipeline.stages if set(st.devices) != set(group)
+                     for op in st.ops
+                     if op in dag.index and dag.nodes[dag.index[op]].op != "Identity")
+
+
+def _check_disjoint(parts: Sequence[Any]) -> None:
+    """PlanError if two stages' split plans split the same op (each pass replaces its ops)."""
+    seen: dict[str, int] = {}
+    for k, part in enumerate(parts):
+        for o in part.ops:
+            if o.name in seen:
+                raise PlanError(f"op {o.name!r} is split by the split variables of two pipeline "
+                                f"stages (on {', '.join(parts[seen[o.name]].devices)} and on "
+                                f"{', '.join(part.devices)}); split the variables of one of "
+                                "these stages only, or move the stage boundaries "
+                                "(stage_boundaries=...)")
+            seen[o.name] = k
 
 
 def split_group(devices: Sequence[str], splits: Mapping[str, Any],
@@ -65,7 +100,13 @@ def apply_splits(placed: Any, plan: Plan, captured: Captured, *,
     if plan.splits is None or plan.splits.is_empty:      # splits="auto" that split nothing
         return placed
     reduce = _collective_all_reduce if collectives else None
-    out = splits.apply(placed, plan.splits, outputs=captured.outputs, collective=reduce)
+    if plan.splits.parts:                # one part per pipeline stage, one pass each
+        from tfplace.split_compose import split_identity_n
+        out = split_identity_n(placed)
+        for part in plan.splits.parts:
+            out = splits.apply(out, part, outputs=captured.outputs, collective=reduce)
+    else:
+        out = splits.apply(placed, plan.splits, outputs=captured.outputs, collective=reduce)
     if plan.pipeline is not None:
         from tfplace.split_compose import pipeline_split
         out = pipeline_split(out, plan, captured)

@@ -59,7 +59,7 @@ def propagate(dag: OpDag, splits: Mapping[str, Layout | str], *, devices: Sequen
               outputs: Sequence[str] = (),
               flops_per_second: float = FLOPS_PER_SECOND,
               bytes_per_second: float = BYTES_PER_SECOND,
-              reshard: bool = False) -> SplitPlan:
+              reshard: bool = False, fence: frozenset[str] = frozenset()) -> SplitPlan:
     """The SplitPlan of `dag` on the device group `devices`.
 
     splits: {variable name or resource node: layout}, e.g. from resolve_splits(). attrs:
@@ -67,14 +67,18 @@ def propagate(dag: OpDag, splits: Mapping[str, Layout | str], *, devices: Sequen
     formats, constant axes); without it MatMuls count as untransposed and reductions over
     unknown axes stay whole. outputs: the step's fetched tensors ("node:0"), boxed to B.
     reshard: also weigh re-splitting conversions of activations (see the module docstring).
+    fence: ops that stay whole whatever their inputs (other pipeline stages' ops, split on
+    their own groups): their non-B inputs are boxed to B.
     """
     group = tuple(devices)
     n = len(group)
     if n < 1 or len(set(group)) != n:
         raise PlanError(f"a split needs a group of distinct devices (got {list(group)})")
     layouts = _variable_layouts(dag, splits, variables, n)
-    return _Propagation(dag, layouts, n, attrs or {}, flops_per_second, bytes_per_second,
-                        reshard).run(group, variables, outputs)
+    prop = _Propagation(dag, layouts, n, attrs or {}, flops_per_second, bytes_per_second,
+                        reshard)
+    prop.fence = fence
+    return prop.run(group, variables, outputs)
 
 
 def _variable_layouts(dag: OpDag, splits: Mapping[str, Layout | str],
@@ -123,6 +127,7 @@ class _Propagation:
         self.layout: dict[tuple[int, int], Layout] = {}
         self.boxing: dict[tuple[str, Layout], BoxingStep] = {}
         self.ops: list[SplitOp] = []
+        self.fence: frozenset[str] = frozenset()
 
     def run(self, group: tuple[str, ...], variables: Sequence[VariableLike],
             outputs: Sequence[str]) -> SplitPlan:
@@ -166,7 +171,8 @@ class _Propagation:
         tensor = f"{node.name}:0"
         steps = [key for key in self.boxing if key[0] == tensor]
         if len(node.out_bytes) != 1 or len(steps) != 1 or tensor in fetched \
-                or self.layout.get((i, 0), B) != B or node.name in self.var_layouts:
+                or self.layout.get((i, 0), B) != B or node.name in self.var_layouts \
+                or node.name in self.fence:
             return []
         step = self.boxing[steps[0]]
         readers = {self.dag.nodes[c].name for c in self.dag.tensor_consumers[i][0]}
@@ -205,6 +211,12 @@ class _Propagation:
         srcs = [(self.dag.index[name], k) for name, k in refs]
         cur = tuple(self.layout.get(s, B) for s in srcs)
         if all(lay == B for lay in cur):
+            self._set(i, (B,) * n_out)
+            return
+        if node.name in self.fence:             # another group's op: whole inputs, whole op
+            for (name, k), (j, _), have in zip(refs, srcs, cur):
+                if have != B:
+                    self._box(f"{name}:{k}", j, k, B, node.name)
             self._set(i, (B,) * n_out)
             return
         ctx = self._context(node, srcs, cur, n_out)

@@ -59,6 +59,24 @@ class SplitPlan:
     boxing: tuple[BoxingStep, ...] = ()
     variables: tuple[VariableShard, ...] = ()
     auto: tuple[AutoChoice, ...] = ()     # splits="auto": what it weighed and chose
+    # split variables in several pipeline stages: one plan per stage (its own group), applied
+    # one after the other; the fields above then hold all parts' ops, boxing and variables
+    parts: tuple["SplitPlan", ...] = ()
+
+    @classmethod
+    def of_parts(cls, parts: tuple["SplitPlan", ...]) -> "SplitPlan":
+        """One plan holding ``parts`` (each on its own device group)."""
+        devices = tuple(dict.fromkeys(d for p in parts for d in p.devices))
+        return cls(devices=devices, ops=tuple(o for p in parts for o in p.ops),
+                   boxing=tuple(b for p in parts for b in p.boxing),
+                   variables=tuple(v for p in parts for v in p.variables), parts=parts)
+
+    def part_of(self, op: str) -> "SplitPlan":
+        """The part whose ops include ``op`` (the plan itself when it has no parts)."""
+        for p in self.parts:
+            if any(o.name == op for o in p.ops):
+                return p
+        return self
 
     @property
     def is_empty(self) -> bool:
@@ -108,12 +126,15 @@ class SplitPlan:
                                     reason=a.reason, saved_seconds=a.saved_seconds,
                                     boxing_seconds=a.boxing_seconds, chosen=a.chosen)
                       for a in self.auto)
+        p.parts.extend(part.to_proto() for part in self.parts)
         return p
 
     @classmethod
     def from_proto(cls, p: Any) -> "SplitPlan":
         """The plan a proto holds; a malformed layout string is a PlanError naming the forms."""
         lay = parse_layout
+        if p.parts:
+            return cls.of_parts(tuple(cls.from_proto(part) for part in p.parts))
         return cls(devices=tuple(p.devices),
                    ops=tuple(SplitOp(o.name, o.op, tuple(lay(x) for x in o.inputs),
                                      tuple(lay(x) for x in o.outputs), o.local) for o in p.ops),

@@ -13,6 +13,8 @@ def _fmt(layouts: tuple) -> str:
 def summary_table(plan: SplitPlan) -> str:
     """Deterministic text: the group, each split op, each boxing step, each split variable,
     and what splits="auto" weighed."""
+    if plan.parts:                              # one plan per pipeline stage
+        return "\n".join(summary_table(part) for part in plan.parts)
     auto = [f"  {a.reason:<6}  {a.describe()}" for a in plan.auto]
     if plan.is_empty and (plan.auto or not plan.devices):     # splits="auto" chose nothing
         why = ("none saves more than its boxing costs" if plan.auto

@@ -243,8 +243,10 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
     prof = profile if profile is not None else (cluster.link_profile or LinkProfile())
     host = prof.host if prof.host is not None else LinkProfile()
     o = prof.message_seconds
-    ps_in, ps_out = prof.fanin_bw(n - 1, ps_bw), prof.fanout_bw(n - 1, ps_bw)
-    ring_bw, ps_bw = prof.ring_bw(n, ring_bw), prof.alltoall_bw(n, ps_bw)
+    ps_in = float(prof.fanin_bw(n - 1, ps_bw) or ps_bw)
+    ps_out = float(prof.fanout_bw(n - 1, ps_bw) or ps_bw)
+    ring_bw = float(prof.ring_bw(n, ring_bw) or ring_bw)
+    ps_bw = float(prof.alltoall_bw(n, ps_bw) or ps_bw)
     host_ring, host_a2a = host.ring_bw(n, None), host.alltoall_bw(n, None)
     host_in, host_out = host.fanin_bw(n - 1, host_a2a), host.fanout_bw(n - 1, host_a2a)
     one_aggregator = ps_busiest_bytes is not None and ps_busiest_bytes >= grad_bytes
@@ -302,12 +304,12 @@ def choose_sync(groups: Sequence[Sequence[str]], cluster: Cluster, grad_bytes: i
                              "max(2(N-1)·B/(N·bw), (N-1)·L·(1/bw_in + 1/bw_out)) + 2·lat")
         figures.append(f"L={_bytes(ps_busiest_bytes)} (busiest shard)")
     if o or host_ring or host_a2a:
-        copies = "host copies + " if host_ring or host_a2a else ""
+        host_text = "host copies + " if host_ring or host_a2a else ""
         messages = {"ring": "2N(N-1)·k·o", "ps": "2(N-1)·k·o" if shards == n
                     or ps_busiest_bytes is not None else "2N·k·o"}
         for m, msgs in messages.items():
-            wire, lat = formula[m].rsplit(" + ", 1)
-            formula[m] = f"max({wire}, {copies}{msgs}) + {lat}"
+            wire_text, lat_text = formula[m].rsplit(" + ", 1)
+            formula[m] = f"max({wire_text}, {host_text}{msgs}) + {lat_text}"
     chain = ""
     for i, m in enumerate(order):
         if i:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 from typing import Any
 
-__all__ = ["children", "kill_children", "free_port", "cpu_seconds", "read_result"]
+__all__ = ["children", "kill_children", "free_port", "cpu_seconds", "read_result", "pin_process"]
 
 children: list[subprocess.Popen] = []
 
@@ -52,3 +52,14 @@ def read_result(p: subprocess.Popen, out: str, err: str, marker: str, label: Any
         tail = "\n".join(err.strip().splitlines()[-15:])
         raise RuntimeError(f"child {label} failed (exit {p.returncode}):\n{tail}")
     return json.loads(lines[-1][len(marker):])
+
+
+def pin_process(index: int) -> None:
+    """Pin this process to core ``index`` (mod the cores it may use) and give TensorFlow one
+    intra-op thread (two inter-op): a peer or baseline set up like tfplace's pinned workers.
+    Call it before TensorFlow runs its first op."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)

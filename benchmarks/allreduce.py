@@ -51,7 +51,7 @@ import subprocess
 import sys
 import time
 from _procs import children as _children, free_port as _free_port  # noqa: E402
-from _procs import kill_children as _kill_children  # noqa: E402
+from _procs import kill_children as _kill_children, pin_process  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -251,11 +251,8 @@ def child_mwms(a: argparse.Namespace) -> None:
 def child_horovod(a: argparse.Namespace) -> None:
     import horovod.tensorflow as hvd
     hvd.init()
-    cpus = _cpus()
-    os.sched_setaffinity(0, {cpus[hvd.rank() % len(cpus)]})
+    pin_process(hvd.rank())
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     W = hvd.size()
     payloads = [int(float(p) * MB) for p in a.payloads_mb.split(",")]
     fns = {}

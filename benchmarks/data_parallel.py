@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from _procs import children as _children, free_port as _free_port  # noqa: E402
-from _procs import cpu_seconds, kill_children as _kill_children, read_result  # noqa: E402
+from _procs import cpu_seconds, kill_children as _kill_children, pin_process, read_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -140,11 +140,9 @@ def child_tfplace(a: argparse.Namespace) -> None:
 
 
 def child_plain(a: argparse.Namespace) -> None:
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    pin_process(0)
     import keras
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     model = build_model(keras)
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -165,12 +163,9 @@ def child_plain(a: argparse.Namespace) -> None:
 
 def child_mwms(a: argparse.Namespace) -> None:
     """One MWMS worker: pinned to core ``index``, one intra-op thread (like tfplace's workers)."""
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[a.index % len(cpus)]})
+    pin_process(a.index)
     import keras
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     comm = tf.distribute.experimental.CommunicationOptions(
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
     strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=comm)
@@ -209,13 +204,10 @@ def child_mwms(a: argparse.Namespace) -> None:
 def child_horovod(a: argparse.Namespace) -> None:
     """One Horovod rank: pinned to core ``rank``, one intra-op thread (like an MWMS worker)."""
     rank = int(os.environ.get("HOROVOD_RANK", "0"))
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[rank % len(cpus)]})
+    pin_process(rank)
     import keras
     import tensorflow as tf
     import tfplace
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     cluster = tfplace.Cluster.local(1)
     model = build_model(keras)
     opt = keras.optimizers.SGD(0.01, momentum=0.9)

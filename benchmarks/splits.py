@@ -56,7 +56,7 @@ import sys
 import time
 
 from _procs import children as _children  # noqa: E402
-from _procs import cpu_seconds, kill_children as _kill_children, read_result  # noqa: E402
+from _procs import cpu_seconds, kill_children as _kill_children, pin_process, read_result  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -245,11 +245,9 @@ def child(a: argparse.Namespace) -> None:
 
 def child_plain(a: argparse.Namespace) -> None:
     """The same step as a plain tf.function, pinned to one core, one intra-op thread."""
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    pin_process(0)
     import keras
     import tensorflow as tf
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    tf.config.threading.set_inter_op_parallelism_threads(2)
     train_step, _up, _down = build_step(keras, tf, a.dmodel, a.width)
     x, y = make_data(tf, a.batch, a.dmodel)
     losses = [float(train_step(x, y)) for _ in range(a.warmup)]

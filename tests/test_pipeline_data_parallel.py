@@ -14,18 +14,9 @@ import tfplace
 from tfplace.errors import PlanError
 from tfplace.plan import Plan
 from tfplace.rewrite.pipeline import done_name
+from tfplace.runtime.executor import _replica_path
 
 R, K = 2, 2
-
-
-def _path(name: str) -> tuple[list[int], str]:
-    path = []
-    while True:
-        head, sep, rest = name.partition("/")
-        if not (sep and head.startswith("tfplace_r") and head[9:].isdigit()):
-            return path, name
-        path.append(int(head[9:]))
-        name = rest
 
 
 def _check_graph(pstep) -> None:
@@ -42,7 +33,7 @@ def _check_graph(pstep) -> None:
     nodes = {n.name: n for n in gd.node}
     wrong = []
     for n in gd.node:
-        path, base = _path(n.name)
+        path, base = _replica_path(n.name)
         if len(path) == 2 and base in placement and not base.startswith("tfplace_"):
             want = dict(zip(plan.replicas[0], plan.replicas[path[0]]))[placement[base]]
             if n.device != want:

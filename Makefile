@@ -42,7 +42,7 @@ $(OPS_SO): custom_ops/channel.cc | $(STAMP)
 
 # TFPLACE_REQUIRE_OPS: the C++ channel tests fail instead of skipping when the op is missing.
 test: $(STAMP) protos ops
-	TFPLACE_REQUIRE_OPS=1 $(VPY) -m pytest -q -p no:cacheprovider tests
+	TFPLACE_REQUIRE_OPS=1 $(VPY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 typecheck: $(STAMP)
 	$(VPY) -m mypy tfplace --ignore-missing-imports

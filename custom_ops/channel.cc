@@ -22,6 +22,7 @@
 // Close("msg") fails every pending and later enqueue and dequeue with Aborted("msg ...") at once
 // and drops the queued items.  The first close wins; a second close changes nothing.
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <list>
@@ -391,6 +392,9 @@ REGISTER_OP("TfplaceChannelVersion")
 
 // ------------------------------------------------------------------------------------ kernels
 
+// container="__per_step__": the channel lives in the running step's container (see Compute).
+constexpr char kPerStep[] = "__per_step__";
+
 class ChannelOp : public OpKernel {
  public:
   explicit ChannelOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
@@ -403,18 +407,35 @@ class ChannelOp : public OpKernel {
                 errors::InvalidArgument("shapes has ", shapes_.size(),
                                         " entries but component_types has ", dtypes_.size(),
                                         "; give one shape per component or none"));
-    // Unnamed: one channel per kernel instance (graph node), as FIFOQueue does.
-    if (name_.empty()) name_ = absl::StrCat("_tfplace_channel_", name());
+    // Unnamed: one channel per kernel instance, as FIFOQueue does (a function traced anew
+    // gets new kernels, so new, empty channels: how the executor recovers from a failed step).
+    static std::atomic<int64_t> instances{0};
+    if (name_.empty()) {
+      name_ = absl::StrCat("_tfplace_channel_", instances.fetch_add(1), "_", name());
+    }
   }
 
   void Compute(OpKernelContext* ctx) override {
-    ResourceHandle handle = tensorflow::MakeResourceHandle<Channel>(ctx, container_, name_);
+    auto create = [this](Channel** out) {
+      *out = new Channel(name_, capacity_, dtypes_, shapes_);
+      return Status();
+    };
+    ResourceHandle handle;
     tensorflow::core::RefCountPtr<Channel> ch;
-    OP_REQUIRES_OK(ctx, tensorflow::LookupOrCreateResource<Channel>(
-                            ctx, handle, &ch, [this](Channel** out) {
-                              *out = new Channel(name_, capacity_, dtypes_, shapes_);
-                              return Status();
-                            }));
+    tensorflow::ScopedStepContainer* step = ctx->step_container();
+    if (container_ == kPerStep && step != nullptr) {
+      // One channel per step (the pipeline rewrite's queues): created in the step's container,
+      // deleted with it when the step ends, so a failed step can leave no stale item behind.
+      handle = step->MakeResourceHandle<Channel>(name_, *ctx->device());
+      Channel* raw = nullptr;
+      OP_REQUIRES_OK(ctx, step->LookupOrCreate<Channel>(ctx->resource_manager(), name_, &raw,
+                                                        create));
+      ch.reset(raw);
+    } else {
+      const std::string& container = container_ == kPerStep ? std::string() : container_;
+      handle = tensorflow::MakeResourceHandle<Channel>(ctx, container, name_);
+      OP_REQUIRES_OK(ctx, tensorflow::LookupOrCreateResource<Channel>(ctx, handle, &ch, create));
+    }
     OP_REQUIRES_OK(ctx, ch->CheckSpec(capacity_, dtypes_, shapes_));
     Tensor* out = nullptr;
     tensorflow::AllocatorAttributes host;

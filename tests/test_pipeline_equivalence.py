@@ -13,7 +13,7 @@ import pytest
 
 import models
 import tfplace
-from tfplace.errors import PlanError
+from tfplace.errors import PlanError, StageFailed
 from tfplace.pipeline_parallel import pipeline_spec
 from tfplace.rewrite.pipeline import done_name, segments
 
@@ -168,9 +168,13 @@ def test_error_inside_a_stage_fails_the_step(local4):
     asserts = [n for n in placement if n.endswith("/Assert") and "checked" in n]
     assert asserts and placement[asserts[0]] != pstep.plan.pipeline.stages[0].devices[0]
     start = time.monotonic()
-    with pytest.raises(tf.errors.InvalidArgumentError, match="activation too large"):
+    with pytest.raises(StageFailed, match="activation too large") as info:
         pstep(x * 1e6, y)
     assert time.monotonic() - start < 10
+    stage = next(s for s in pstep.plan.pipeline.stages if placement[asserts[0]] in s.devices)
+    assert f"pipeline stage {stage.index} ({placement[asserts[0]]}), forward of micro-batch" \
+        in str(info.value), str(info.value)
+    assert isinstance(info.value.__cause__, tf.errors.InvalidArgumentError)
     pstep(x, y)                                    # the next step runs again
 
 

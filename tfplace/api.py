@@ -43,9 +43,11 @@ def plan_captured(captured: Captured, cluster: Cluster, *, placer: str = "m_etf"
 
 
 def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = False,
-                     sum_variables: Any = ()) -> Any:
+                     sum_variables: Any = (), queues: str | None = "auto") -> Any:
     """The rewritten GraphDef for ``plan``; refuses a plan made for another graph.
-    ``sum_variables``: accumulators whose increments Horovod sums over the processes."""
+    ``sum_variables``: accumulators whose increments Horovod sums over the processes.
+    ``queues``: the pipeline's inter-stage channels, "op" | "fifo" | "auto" (the C++ op when
+    it is built, see ``runtime.channel.resolve_backend``) | None (plain TF edges)."""
     from tfplace.planner import graph_fingerprint
     from tfplace.rewrite import rewrite
     fp = graph_fingerprint(captured.graph_def)
@@ -58,7 +60,11 @@ def rewrite_captured(captured: Captured, plan: Plan, *, collectives: bool = Fals
         return apply_splits(placed, plan, captured, collectives=collectives)
     if plan.pipeline is not None:                 # R >= 1 replicas of the pipeline
         from tfplace import pipeline_replicas
-        return pipeline_replicas.apply(placed, plan, captured, collectives=collectives)
+        if queues == "auto":
+            from tfplace.runtime.channel import resolve_backend
+            queues = resolve_backend()
+        return pipeline_replicas.apply(placed, plan, captured, collectives=collectives,
+                                       queues=queues)
     if plan.num_replicas > 1:
         from tfplace.data_parallel import replication_spec
         from tfplace.rewrite import horovod, replicate

@@ -1,7 +1,7 @@
 """The one small hierarchy of errors tfplace raises for bad input and lost workers."""
 from __future__ import annotations
 
-__all__ = ["TfplaceError", "PlanError", "ClusterError", "GraphError", "WorkerLost", "BackendError", "bullets"]
+__all__ = ["TfplaceError", "PlanError", "ClusterError", "GraphError", "WorkerLost", "StageFailed", "BackendError", "bullets"]
 
 
 class TfplaceError(Exception):
@@ -22,6 +22,10 @@ class GraphError(TfplaceError, ValueError):
 
 class WorkerLost(TfplaceError, RuntimeError):
     """A worker process died or stopped answering during a run."""
+
+
+class StageFailed(TfplaceError, RuntimeError):
+    """An op of one pipeline stage failed during a step; the TF error is chained as the cause."""
 
 
 class BackendError(TfplaceError, RuntimeError):

@@ -188,13 +188,14 @@ def ps_targets(plan: Plan, captured: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def apply(placed: Any, plan: Plan, captured: Any, *, collectives: bool = False) -> Any:
+def apply(placed: Any, plan: Plan, captured: Any, *, collectives: bool = False,
+          queues: str | None = None) -> Any:
     """Placed GraphDef -> R replicas of the schedule-ordered pipeline, gradients synced."""
     from tfplace.pipeline_parallel import pipeline_spec
     from tfplace.rewrite import pipeline, replicate
     if plan.pipeline is None:
         raise PlanError("pipeline_replicas.apply needs a plan with a pipeline")
-    unrolled = pipeline.apply(placed, pipeline_spec(plan, captured), plan.pipeline)
+    unrolled = pipeline.apply(placed, pipeline_spec(plan, captured), plan.pipeline, queues=queues)
     if plan.num_replicas == 1:
         return unrolled
     return replicate.apply(unrolled, replication_spec(plan, captured, collectives=collectives))

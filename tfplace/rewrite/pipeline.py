@@ -79,8 +79,10 @@ def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int],
     return out
 
 
-def apply(graph_def: Any, spec: Any, pipe: Any) -> Any:
-    """The unrolled, schedule-ordered GraphDef; ``graph_def`` (placed) is not modified."""
+def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) -> Any:
+    """The unrolled, schedule-ordered GraphDef; ``graph_def`` (placed) is not modified.
+    ``queues``: "op" or "fifo" routes the neighbour stages' tensors through bounded channels
+    (``pipeline_queues``); None leaves them plain TF edges."""
     out = replicate.apply(graph_def, spec)
     # the global batch is cut into micro-batches where the plan put the input (the first
     # stage), not on the client: a batch prefetched onto that device stays there
@@ -88,7 +90,14 @@ def apply(graph_def: Any, spec: Any, pipe: Any) -> Any:
     for n in out.node:
         if n.op == "Split" and len(n.input) == 2 and _src(n.input[1]) in home:
             n.device = home[_src(n.input[1])]
+    from tfplace.rewrite import pipeline_transpose
+    pipeline_transpose.apply(out)            # each weight transposed once for all dx MatMuls
     segs = segments(out, spec, pipe)
+    pressure = []
+    if queues is not None:
+        from tfplace.rewrite import pipeline_queues
+        pressure = pipeline_queues.insert(out, segs, pipe, queues)
+    held = _hold_writes(out, segs)
     nodes = {n.name: n for n in out.node}
     for s, order in enumerate(pipe.orders()):
         device = pipe.stages[s].devices[0]
@@ -106,9 +115,58 @@ def apply(graph_def: Any, spec: Any, pipe: Any) -> Any:
             done = out.node.add()
             done.name, done.op, done.device = done_name(s, op), "NoOp", device
             done.input.extend(f"^{name}" for name in ops)
+            nodes[done.name] = done
             prev = done.name
+    _writes_after_all_stages(out, segs, pipe, held)
+    for (s, kind, m), take in pressure:        # at most `capacity` items ahead of the taker
+        done = nodes.get(done_name(s, (kind, m)))
+        if done is not None:
+            done.input.append(f"^{take}")
     _check_acyclic(out)
+    if pressure or queues is not None:
+        from tfplace.rewrite import pipeline_queues
+        pipeline_queues.check_completes(out)
     return out
+
+
+_WRITES = ("Assign", "ResourceApply", "ResourceSparseApply", "ResourceScatter")
+
+
+def _hold_writes(graph_def: Any, segs: dict[tuple[int, str, int], list[str]]) -> list[str]:
+    """Take the variable writes that nothing in a segment waits for out of their segments
+    (the optimizer's step counter, a BatchNorm's moving averages): they join the flush."""
+    succ: dict[str, list[str]] = {}
+    for n in graph_def.node:
+        for inp in n.input:
+            succ.setdefault(_src(inp), []).append(n.name)
+    inside = {name for names in segs.values() for name in names}
+    ops = {n.name: n.op for n in graph_def.node}
+    held = []
+    for key, names in segs.items():
+        keep = []
+        for name in names:
+            if ops[name].startswith(_WRITES) and \
+                    not _closure(succ.get(name, ()), succ) & inside:
+                held.append(name)
+            else:
+                keep.append(name)
+        segs[key] = keep
+    return held
+
+
+def _writes_after_all_stages(graph_def: Any, segs: dict[tuple[int, str, int], list[str]],
+                             pipe: Any, held: list[str]) -> None:
+    """Every variable write outside the F/B segments (the flush: optimizer updates, and
+    writes that need no gradient, such as the optimizer's step counter) waits for the last
+    segment of every stage. A step that fails anywhere in its micro-batches then writes
+    nothing: the variables keep the last good step's values."""
+    last = [done_name(s, order[-1]) for s, order in enumerate(pipe.orders())
+            if order and segs.get((s, order[-1].kind, order[-1].micro_batch))]
+    inside = {name for names in segs.values() for name in names}
+    for n in graph_def.node:
+        if n.op.startswith(_WRITES) and (n.name not in inside or n.name in held):
+            have = set(n.input)
+            n.input.extend(f"^{d}" for d in last if f"^{d}" not in have)
 
 
 def _check_acyclic(graph_def: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from tfplace.capture import Captured
-from tfplace.errors import GraphError, WorkerLost
+from tfplace.errors import GraphError, StageFailed, WorkerLost
 from tfplace.runtime.devices import prepare
 
 __all__ = ["Executor", "WRITEBACK_MODES"]
@@ -29,6 +29,16 @@ def _replica_path(node: str) -> tuple[list[int], str]:
             return path, node
         path.append(int(head[9:]))
         node = rest
+
+
+def _what_failed(message: str) -> str:
+    """The line of a TF error that says what went wrong: the one before the first
+    ``[[{{node ...}}]]`` (TF puts tracebacks and "Graph execution error:" first)."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if "{{node" in ln:
+            return (lines[i - 1] if i else ln)[:300]
+    return (lines[-1] if lines else "")[:300]
 
 
 def _base_name(node: str) -> str:
@@ -73,6 +83,11 @@ class Executor:
             if "_tfplace_shard_of" in node.attr:       # shard i of a split variable
                 self._add_shard(node, captured)
                 continue
+            if "_tfplace_value" in node.attr:          # a constant the rewrite needs fed
+                from tensorflow.python.framework import tensor_util
+                self.constants.append((node.name, tf.constant(
+                    tensor_util.MakeNdarray(node.attr["_tfplace_value"].tensor))))
+                continue
             if base.startswith("tfplace_token/"):      # a collective's per-device ordering token
                 with tf.device(node.device):
                     self.tokens.append((node.name, tf.Variable(0.0, trainable=False)))
@@ -98,6 +113,13 @@ class Executor:
                 if id(orig) in sum_ids:
                     self.sums.setdefault(id(orig), (orig, []))[1].append(placed)
         self._consumers = self._resource_consumers()
+        # the pipeline's channels outlive a step: after a failed one they may hold its items
+        self._channels = any(n.name.startswith("tfplace_pipeline/queue/")
+                             for n in graph_def.node)
+        self._trace()
+
+    def _trace(self) -> None:
+        import tensorflow as tf
         # plain Python around import_graph_def: autograph would only cost conversion time
         self._fn = tf.function(self._body, input_signature=self._input_specs(), autograph=False)
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
@@ -175,13 +197,51 @@ class Executor:
             out = self._call(*flat)
         except (tf.errors.UnavailableError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.DeadlineExceededError) as e:
+            self._after_failure()
             launcher = getattr(self.cluster, "_launcher", None)
             if launcher is not None:
                 launcher.check(ran=self._stages_on)
             raise WorkerLost(f"a worker stopped answering during the step ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:200]}); nothing after the failure was "
                              "applied: restart the workers and retry") from e
+        except tf.errors.OpError as e:
+            self._after_failure()
+            where = self._failed_stage(str(e))
+            if where is None:
+                raise
+            first = _what_failed(str(e))
+            raise StageFailed(f"{where} failed during the step ({type(e).__name__}: {first}); "
+                              "the step was aborted and its queues closed; the original TF "
+                              "error is chained as __cause__") from e
         return self.captured.pack_outputs(out)
+
+    def _after_failure(self) -> None:
+        """The pipeline's channels may still hold the failed step's items: trace the step
+        anew, so that the next one gets new kernels and with them new, empty channels (both
+        backends make one channel per kernel instance)."""
+        if self._channels:
+            self._trace()
+
+    def _failed_stage(self, message: str) -> str | None:
+        """'pipeline stage 1 (device), forward of micro-batch 2, op dense_3/Assert' for the op
+        an error message names, or None outside a pipeline (or when no op is named)."""
+        import re
+        pipe = getattr(self.plan, "pipeline", None)
+        if pipe is None:
+            return None
+        nodes = {n.name: n for n in self.graph_def.node}
+        for name in re.findall(r"\{\{node ([^}]+)\}\}", message):
+            node = nodes.get(name[len("tfplace/"):] if name.startswith("tfplace/") else name)
+            if node is None:
+                continue
+            stage = next((s for s in pipe.stages if node.device in s.devices), None)
+            if stage is None:
+                continue
+            path, base = _replica_path(node.name)
+            part = "backward" if "gradient_tape/" in node.name else "forward"
+            mb = f", {part} of micro-batch {path[-1]}" if path else ""
+            return f"pipeline stage {stage.index} ({node.device}){mb}, op {base}"
+        return None
 
     def _stages_on(self, task: Any) -> str:
         """'pipeline stage 1' (or 'stages 0, 1'): the plan's stages with a device on ``task``."""

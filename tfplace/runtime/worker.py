@@ -40,6 +40,10 @@ def serve(spec: dict[str, list[str]], job: str, index: int, devices: int, *,
     config = tf.compat.v1.ConfigProto(device_count={"CPU": devices},
                                       intra_op_parallelism_threads=threads,
                                       inter_op_parallelism_threads=max(2, threads))
+    # the pipeline's channel kernels, when the client's rewrite may use them (its own choice
+    # follows the same rule: $TFPLACE_CHANNEL, else the op when it is built)
+    from tfplace.runtime.channel import resolve_backend
+    resolve_backend()
     # one group leader for TF collectives across the tasks (the client names the same one)
     config.experimental.collective_group_leader = collective_leader(spec)
     server = tf.distribute.Server(tf.train.ClusterSpec(spec), job_name=job, task_index=index,

@@ -105,8 +105,8 @@ def insert(graph_def: Any, segs: dict[tuple[int, str, int], list[str]], pipe: An
             crossing.setdefault((p[0], c[0]), {}).setdefault(p[2], {}).setdefault(
                 f"{src}:{k}", []).append((n.name, idx))
     pressure: list[tuple[tuple[int, str, int], str]] = []
-    for (src, dst), items in sorted(crossing.items()):
-        kind = "F" if dst == src + 1 else "B"
+    for (a, b), items in sorted(crossing.items()):
+        kind = "F" if b == a + 1 else "B"
         # one channel per tensor: a tuple would make its put wait for all of them, and one of
         # them may need (through the peer) what another one carries
         by_base: dict[str, dict[int, dict[str, list[tuple[str, int]]]]] = {}
@@ -115,9 +115,9 @@ def insert(graph_def: Any, segs: dict[tuple[int, str, int], list[str]], pipe: An
                 by_base.setdefault(f"{_base(t.split(':')[0])}:{t.split(':')[1]}", {}) \
                     .setdefault(m, {})[t] = uses
         for j, base in enumerate(sorted(by_base)):
-            pressure += _channel(graph_def, nodes, segs, orders, pipe, src, dst, kind,
-                                 by_base[base], capacity.get((src, dst), 1), backend,
-                                 f"{QUEUE_SCOPE}/{kind}{src}to{dst}" + (f"_{j}" if j else ""))
+            pressure += _channel(graph_def, nodes, segs, orders, pipe, a, b, kind,
+                                 by_base[base], capacity.get((a, b), 1), backend,
+                                 f"{QUEUE_SCOPE}/{kind}{a}to{b}" + (f"_{j}" if j else ""))
     return pressure
 
 
@@ -213,7 +213,7 @@ def check_completes(graph_def: Any) -> None:
     while ready:
         name = ready.pop()
         k, ch = kind[name], chan_of.get(name)
-        if k and ch in chans:
+        if k and ch is not None and ch in chans:
             if (k == "put" and level[ch] >= chans[ch]) or (k == "take" and level[ch] == 0):
                 waiting[ch].append(name)
                 continue

@@ -249,13 +249,15 @@ def child(a: argparse.Namespace) -> None:
         first = float(step(x, y))
         setup = time.perf_counter() - t0
         pids = [p.pid for p in cluster._launcher.procs]     # noqa: SLF001 - CPU accounting
+        batches = _inputs(a, step, x, y)
         for _ in range(a.warmup):
-            step(x, y).numpy()
+            step(*next(batches)).numpy()
         cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
         times = []
         for _ in range(a.steps):
+            xb, yb = next(batches)                  # the copy ahead overlaps the last step
             t = time.perf_counter()
-            last = float(step(x, y))
+            last = float(step(xb, yb))
             times.append(time.perf_counter() - t)
         cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
         cpu = {name: (c1 - c0) * 1e3 / a.steps for name, c0, c1 in
@@ -271,10 +273,26 @@ def child(a: argparse.Namespace) -> None:
                            "peak_bytes": [s.peak_bytes for s in pipe.stages],
                            "timeline_bubble": list(_plan_bubble(pipe))}
         if a.trace_steps > 0:
-            out["trace"] = trace(a, step, cluster, pipe, x, y, statistics.median(times))
+            out["trace"] = trace(a, step, cluster, pipe, batches, statistics.median(times))
         emit(out)
     finally:
         cluster.shutdown()
+
+
+def _inputs(a: argparse.Namespace, step: Any, x: Any, y: Any) -> Any:
+    """The batches every configuration trains on: with ``--input prefetch`` the
+    same (x, y) as a repeated tf.data dataset, each batch copied from this process to the
+    device that reads the input (the first stage's; the single worker's) on a background
+    thread while the previous step runs (``tfplace.runtime.prefetch``): a real 8 MB copy per
+    step, overlapped as the pipeline's input prefetch does it. ``--input client`` (the
+    default): the tensors are passed from here and copied inside every step."""
+    import itertools
+    import tensorflow as tf
+    if a.input == "client":
+        return itertools.repeat((x, y))
+    from tfplace.runtime.prefetch import input_device, to_device
+    device = input_device(step.executor) or step.plan.placement()[step.executor.captured.inputs[0]]
+    return to_device(tf.data.Dataset.from_tensors((x, y)).repeat(), device)
 
 
 def _plan_bubble(pipe: Any) -> tuple[float, ...]:
@@ -282,7 +300,7 @@ def _plan_bubble(pipe: Any) -> tuple[float, ...]:
     return bubble_fraction(pipe.timeline())
 
 
-def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, x: Any, y: Any,
+def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, batches: Any,
           step_s: float) -> dict[str, Any]:
     """Profile both workers over ``--trace-steps`` steps (with pauses between them), write the
     Chrome trace, and analyse every complete step."""
@@ -294,7 +312,7 @@ def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, x: Any, y: 
     with trace_workers(addresses, graph_def, duration_ms=window_ms) as recorded:
         t = time.perf_counter()
         for _ in range(a.trace_steps):
-            step(x, y).numpy()
+            step(*next(batches)).numpy()
             time.sleep(pause)
         ran = time.perf_counter() - t
     segments = segment_map(graph_def)
@@ -345,6 +363,7 @@ def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
             "--schedule", cfg.get("schedule", "gpipe"), "--micro", str(a.micro),
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
             "--batch", str(a.batch), "--layers", str(a.layers), "--writeback", a.writeback,
+            "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
     p = _spawn(args)
     try:
@@ -417,6 +436,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=2048, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
+    ap.add_argument("--input", default="client", choices=["client", "prefetch"],
+                    help="batches passed from the client inside each step (client), or copied "
+                         "ahead to the input's device while the previous step runs (prefetch)")
     ap.add_argument("--rounds", type=int, help="(2)")
     ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (5)")
     ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")
@@ -442,7 +464,7 @@ def main() -> None:
                {"name": f"2w 1f1b M={a.micro}", "workers": 2, "stages": 2, "schedule": "1f1b"}]
     params = a.layers * (a.width * a.width + a.width)
     print(f"pipeline: MLP {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M params, SGD, MSE), "
-          f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, {a.steps} timed "
+          f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, {a.steps} timed "
           f"steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; python "
           f"{sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, load avg "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)

@@ -69,6 +69,10 @@ def test_pipeline_matches_single_device(kind, schedule, micro, local4):
     for a, b in zip(ref[0].step_optimizer.variables, model.step_optimizer.variables):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
     _check_graph(pstep)
+    if kind == "mlp8":                             # the queues, on the default backend
+        from test_pipeline_queues import check_queues
+        from tfplace.runtime.channel import resolve_backend
+        check_queues(pstep, resolve_backend())
     summary = pstep.plan.summary()
     assert "queues" in summary and "schedule" in summary
 
@@ -212,6 +216,9 @@ def test_stage_spans_devices_placed_by_m_etf(local4):
     for s in pipe.stages:                       # both devices work, nothing leaves the stage
         assert {placement[op] for op in s.ops} == set(s.devices)
     _check_graph(pstep)
+    from test_pipeline_queues import check_queues
+    from tfplace.runtime.channel import resolve_backend
+    check_queues(pstep, resolve_backend())         # queues between groups of devices too
     summary = pstep.plan.summary()
     assert all(",".join(s.devices) in summary for s in pipe.stages)
     with pytest.raises(PlanError, match=r"2 stages x 3 devices per stage need 6 devices but "

@@ -20,7 +20,7 @@ def _queues(pstep):
     return gd, nodes, [nodes[c] for c in pipeline_queues.channel_nodes(gd)]
 
 
-def _check_queues(pstep, backend: str) -> None:
+def check_queues(pstep, backend: str) -> None:
     """Channels of the backend's op with the plan's capacities; every data edge between the
     segments of neighbour stages (same micro-batch) goes through a take."""
     from tfplace.pipeline_parallel import pipeline_spec
@@ -42,7 +42,7 @@ def _check_queues(pstep, backend: str) -> None:
     assert any(c.name.split("/")[-1].startswith("B1to0") for c in chans)
     # each weight is transposed once per step for the input-gradient MatMuls of all copies
     transposed = [n for n in gd.node if n.name.startswith("tfplace_pipeline/transposed/")]
-    assert len(transposed) == 7                    # mlp8: every Dense but the first
+    assert len(transposed) == (7 if pipe.micro_batches > 1 else 0)   # mlp8: Dense 2..8
     for t in transposed:
         users = [n for n in gd.node if n.op == "MatMul" and t.name in n.input]
         assert len(users) == pipe.micro_batches and not any(u.attr["transpose_b"].b
@@ -60,18 +60,17 @@ def _check_queues(pstep, backend: str) -> None:
             assert not neighbour, f"{inp} -> {n.name} is a plain edge between stages"
 
 
-@pytest.mark.parametrize("backend,kind,schedule,micro", [
-    ("fifo", "mlp8", "1f1b", 4), ("fifo", "mlp8", "gpipe", 8), ("op", "mlp8", "gpipe", 4)])
+@pytest.mark.parametrize("backend,kind,schedule,micro", [("fifo", "mlp8", "1f1b", 4)])
 def test_queued_pipeline_matches_single_device(backend, kind, schedule, micro, local4,
                                                monkeypatch):
-    if backend == "op" and not library_path().is_file():
-        pytest.skip("the channel op is not built (make ops)")
+    """The FIFOQueue fallback; the C++ op (the default when built, as in `make test`) is
+    checked the same way by every mlp8 case of test_pipeline_equivalence.py."""
     monkeypatch.setenv("TFPLACE_CHANNEL", backend)
     ref, (model, step) = models.twin(kind)
     pstep = tfplace.parallelize(step, cluster=local4, pipeline_stages=4, micro_batches=micro,
                                 schedule=schedule)
     models.assert_same_training(ref, (model, pstep), kind=kind)
-    _check_queues(pstep, backend)
+    check_queues(pstep, backend)
 
 
 @pytest.mark.parametrize("backend", ["fifo", "op"])

@@ -64,6 +64,18 @@ def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int],
     flush = _closure([m for m in marks if m in names], succ)
     backward = _closure([n.name for n in graph_def.node
                          if n.name.partition("/")[2].startswith(GRADIENT_SCOPE)], succ)
+    # a forward segment holds only what the micro-batch's backward or the step's outputs need:
+    # other ops (the optimizer's reads in copies r > 0) join no segment, so no stage waits on
+    # them between its forward and backward
+    # (an output waits, by control edges, for every side effect of its copy: so only the
+    # data that feeds it, and not the output itself)
+    pred = {n.name: [_src(i) for i in n.input] for n in graph_def.node}
+    data_pred = {n.name: [_src(i) for i in n.input if not i.startswith("^")]
+                 for n in graph_def.node}
+    outs = [replicate.replica_name(r, _src(o)) for r in range(len(spec.groups))
+            for o in spec.outputs]
+    needed = _closure(backward - flush, pred) | \
+        _closure([p for o in outs if o in names for p in data_pred[o]], data_pred)
     stage_of = {d: s.index for s in pipe.stages for d in s.devices}   # splits: a group
     out: dict[tuple[int, str, int], list[str]] = {}
     for n in graph_def.node:
@@ -73,6 +85,8 @@ def segments(graph_def: Any, spec: Any, pipe: Any) -> dict[tuple[int, str, int],
             continue
         s = stage_of.get(n.device)
         if s is None:
+            continue
+        if n.name not in needed:
             continue
         kind = "B" if n.name in backward else "F"
         out.setdefault((s, kind, int(head[9:])), []).append(n.name)
@@ -132,39 +146,30 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
 _WRITES = ("Assign", "ResourceApply", "ResourceSparseApply", "ResourceScatter")
 
 
-def _hold_writes(graph_def: Any, segs: dict[tuple[int, str, int], list[str]]) -> list[str]:
-    """Take the variable writes that nothing in a segment waits for out of their segments
-    (the optimizer's step counter, a BatchNorm's moving averages): they join the flush."""
-    succ: dict[str, list[str]] = {}
-    for n in graph_def.node:
-        for inp in n.input:
-            succ.setdefault(_src(inp), []).append(n.name)
+def _hold_writes(graph_def: Any, segs: dict[tuple[int, str, int], list[str]]) -> set[str]:
+    """The variable writes that no segment op waits for (the flush's optimizer updates, the
+    optimizer's step counter, a BatchNorm's moving averages), taken out of their segments.
+    A write that a segment reads back (a Keras metric's total, read for the step's output)
+    stays where it is."""
+    pred = {n.name: [_src(i) for i in n.input] for n in graph_def.node}
     inside = {name for names in segs.values() for name in names}
-    ops = {n.name: n.op for n in graph_def.node}
-    held = []
+    waited_for = _closure({p for m in inside for p in pred[m]}, pred)
+    held = {n.name for n in graph_def.node
+            if n.op.startswith(_WRITES) and n.name not in waited_for}
     for key, names in segs.items():
-        keep = []
-        for name in names:
-            if ops[name].startswith(_WRITES) and \
-                    not _closure(succ.get(name, ()), succ) & inside:
-                held.append(name)
-            else:
-                keep.append(name)
-        segs[key] = keep
+        segs[key] = [name for name in names if name not in held]
     return held
 
 
 def _writes_after_all_stages(graph_def: Any, segs: dict[tuple[int, str, int], list[str]],
-                             pipe: Any, held: list[str]) -> None:
-    """Every variable write outside the F/B segments (the flush: optimizer updates, and
-    writes that need no gradient, such as the optimizer's step counter) waits for the last
-    segment of every stage. A step that fails anywhere in its micro-batches then writes
-    nothing: the variables keep the last good step's values."""
+                             pipe: Any, held: set[str]) -> None:
+    """Every held write waits for the last segment of every stage. A step that fails anywhere
+    in its micro-batches then writes nothing of them: the variables keep the last good
+    step's values."""
     last = [done_name(s, order[-1]) for s, order in enumerate(pipe.orders())
             if order and segs.get((s, order[-1].kind, order[-1].micro_batch))]
-    inside = {name for names in segs.values() for name in names}
     for n in graph_def.node:
-        if n.op.startswith(_WRITES) and (n.name not in inside or n.name in held):
+        if n.name in held:
             have = set(n.input)
             n.input.extend(f"^{d}" for d in last if f"^{d}" not in have)
 

@@ -136,10 +136,15 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
         done = nodes.get(done_name(s, (kind, m)))
         if done is not None:
             done.input.append(f"^{take}")
-    _check_acyclic(out)
-    if pressure or queues is not None:
-        from tfplace.rewrite import pipeline_queues
-        pipeline_queues.check_completes(out)
+    from tfplace.rewrite import pipeline_queues
+    if queues is None:
+        _check_acyclic(out)
+    else:
+        try:                                   # one abstract run when all is well
+            pipeline_queues.check_completes(out)
+        except GraphError:
+            _check_acyclic(out)                # a plain cycle gets its own message
+            raise
     return out
 
 
@@ -177,23 +182,9 @@ def _writes_after_all_stages(graph_def: Any, segs: dict[tuple[int, str, int], li
 def _check_acyclic(graph_def: Any) -> None:
     """GraphError naming a few nodes on a cycle if the order edges made one (a planning bug:
     the schedule disagrees with the step's dataflow)."""
-    preds = {n.name: {_src(i) for i in n.input} for n in graph_def.node}
-    succ: dict[str, list[str]] = {}
-    for name, ps in preds.items():
-        for p in ps:
-            succ.setdefault(p, []).append(name)
-    left = {name: len(ps) for name, ps in preds.items()}
-    ready = [name for name, k in left.items() if k == 0]
-    seen = 0
-    while ready:
-        name = ready.pop()
-        seen += 1
-        for c in succ.get(name, ()):
-            left[c] -= 1
-            if left[c] == 0:
-                ready.append(c)
-    if seen < len(left):
-        stuck = sorted(name for name, k in left.items() if k > 0)
+    from tfplace.rewrite.pipeline_queues import run_abstractly
+    stuck, _ = run_abstractly(graph_def, queues=False)
+    if stuck:
         raise GraphError(f"the pipeline schedule order makes a cycle with the step's dataflow "
                          f"({len(stuck)} ops stuck, e.g. {stuck[:4]}); this is a tfplace bug: "
                          "report it with the step and schedule")

@@ -188,13 +188,14 @@ def _channel(graph_def: Any, nodes: dict[str, Any], segs: dict[tuple[int, str, i
 
 
 
-def check_completes(graph_def: Any) -> None:
-    """Run the rewritten step abstractly: an op runs once its inputs have; a put only while its
-    channel holds fewer than ``capacity`` items, a take only while it holds one. GraphError
-    naming the blocked queue ops if the step could not finish: a deadlock found before
-    anything runs."""
+def run_abstractly(graph_def: Any, *, queues: bool = True) -> tuple[list[str], list[str]]:
+    """Run ``graph_def`` abstractly: an op runs once its inputs (data and control) have; with
+    ``queues``, a put only while its channel holds fewer than ``capacity`` items and a take
+    only while it holds one. Returns (the ops that could never run, the queue ops among them
+    left waiting on a full or empty channel); both empty when the step can finish."""
     chans = {n.name: int(n.attr["capacity"].i) for n in graph_def.node
-             if n.name.startswith(QUEUE_SCOPE) and n.op in ("TfplaceChannel", "FIFOQueueV2")}
+             if queues and n.name.startswith(QUEUE_SCOPE)
+             and n.op in ("TfplaceChannel", "FIFOQueueV2")}
     puts = {v[1] for v in _OPS.values()}
     takes = {v[2] for v in _OPS.values()}
     preds = {n.name: {i.lstrip("^").split(":")[0] for i in n.input} for n in graph_def.node}
@@ -209,7 +210,7 @@ def check_completes(graph_def: Any) -> None:
     level = dict.fromkeys(chans, 0)
     waiting: dict[str, list[str]] = {c: [] for c in chans}
     ready = [name for name, k in left.items() if k == 0]
-    finished = 0
+    done: set[str] = set()
     while ready:
         name = ready.pop()
         k, ch = kind[name], chan_of.get(name)
@@ -220,14 +221,21 @@ def check_completes(graph_def: Any) -> None:
             level[ch] += 1 if k == "put" else -1
             ready += waiting[ch]            # a state change may unblock the other side
             waiting[ch] = []
-        finished += 1
+        done.add(name)
         for c in succ.get(name, ()):
             left[c] -= 1
             if left[c] == 0:
                 ready.append(c)
-    if finished < len(left):
-        blocked = sorted(n for ws in waiting.values() for n in ws)
-        raise GraphError(f"the pipeline's queues would deadlock the step: {len(left) - finished} "
+    stuck = sorted(name for name in left if name not in done)
+    return stuck, sorted(n for ws in waiting.values() for n in ws)
+
+
+def check_completes(graph_def: Any) -> None:
+    """GraphError naming the blocked queue ops if the step could not finish over its
+    channels' capacities (``run_abstractly``): a deadlock found before anything runs."""
+    stuck, blocked = run_abstractly(graph_def)
+    if stuck:
+        raise GraphError(f"the pipeline's queues would deadlock the step: {len(stuck)} "
                          f"ops could never run; blocked queue ops: {blocked[:6]}; this is a "
                          "tfplace bug (report it with the step and schedule), or raise the "
                          "queue capacities")

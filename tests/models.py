@@ -87,6 +87,17 @@ def twin(kind: str):
     return (a, make_step(a)), (b, make_step(b))
 
 
+def compiled_twin(kind: str):
+    """Two compiled Keras models with identical weights (Adam 1e-2, MSE): a plain ``fit``
+    reference and one to fit with a tfplace callback."""
+    import keras
+    ref, got = build(kind), build(kind)
+    got.set_weights(ref.get_weights())
+    for m in (ref, got):
+        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return ref, got
+
+
 def optimizer(model):
     """Adam, except for attention: the key bias has an exactly-zero gradient (softmax ignores
     it), so its computed gradient is pure rounding noise that Adam normalises into lr-sized

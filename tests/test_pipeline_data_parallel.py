@@ -72,11 +72,7 @@ def test_replicated_pipeline_matches_single_device(kind, schedule, micro, local4
 
 
 def test_fit_callback_replicated_pipeline(local4):
-    import keras
-    ref, got = models.build("mlp"), models.build("mlp")
-    got.set_weights(ref.get_weights())
-    for m in (ref, got):
-        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    ref, got = models.compiled_twin("mlp")
     x, y = models.data("mlp", batch=32)
     h_ref = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     cb = tfplace.keras.Parallelize(cluster=local4, pipeline_stages=K, micro_batches=2,

@@ -95,11 +95,7 @@ def test_stage_boundaries_and_summary(local4):
 
 
 def test_fit_callback_matches_plain_fit(local4):
-    import keras
-    ref, got = models.build("mlp8"), models.build("mlp8")
-    got.set_weights(ref.get_weights())
-    for m in (ref, got):
-        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    ref, got = models.compiled_twin("mlp8")
     x, y = models.data("mlp8", batch=64)
     h_ref = ref.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
     cb = tfplace.keras.Parallelize(cluster=local4, pipeline_stages=K, micro_batches=4,

@@ -110,11 +110,7 @@ def test_auto_that_cannot_fit_names_what_it_split_and_what_is_over(captured) -> 
 
 
 def test_keras_callback_auto_on_the_capped_cluster(capped) -> None:
-    import keras
-    ref, got = models.build("wide"), models.build("wide")
-    got.set_weights(ref.get_weights())
-    for m in (ref, got):
-        m.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    ref, got = models.compiled_twin("wide")
     x, y = models.data("wide", batch=64)
     h_ref = ref.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     cb = tfplace.keras.Parallelize(cluster=capped, splits="auto")

@@ -2,7 +2,8 @@
 of the workers, and the throughput of 2 stages on 2 core-pinned workers against 1 worker.
 
     python benchmarks/pipeline.py [--rounds 2] [--steps 15] [--warmup 5] [--micro 8]
-                                  [--width 512] [--batch 2048] [--layers 8] [--quick]
+                                  [--width 512] [--in-width 768] [--batch 4096] [--layers 8]
+                                  [--quick]
 
 Configurations, each in its own subprocess (a process can connect to one gRPC cluster only), the
 whole set repeated ``--rounds`` times in alternating order; medians over all timed steps:
@@ -13,11 +14,19 @@ whole set repeated ``--rounds`` times in alternating order; medians over all tim
 
 The workers are pinned one per core by launch_local; the client (which feeds the batch and
 receives the loss) is not pinned and its CPU is reported. The model is an MLP of ``--layers``
-Dense(width) layers (the same for every config, same weights), SGD, MSE, global batch
-``--batch`` in every config (the pipeline splits it into M micro-batches). The default
-2048 gives 256-row micro-batches at M=8: with 128 rows (batch 1024) the micro-batches' backward
-MatMuls cost about 1.6x the CPU per FLOP of the full batch's, and a stage cost 0.8 of the whole
-model (BENCHMARKS.md, pipeline).
+Dense(width) layers on ``--in-width`` input features (the same for every config, same weights),
+SGD, MSE, global batch ``--batch`` in every config (the pipeline splits it into M
+micro-batches).
+
+Why these defaults:
+- ``--in-width`` 3/2 x width: the first layer has no input gradient, so at in-width = width it
+  costs 2 MatMuls where every other layer costs 3, and 8 layers split 4/4 into unequal stages
+  (11.84 against 12.92 GFLOP at batch 2048): the lighter stage then also idles while it waits
+  for the heavier one, on top of the schedule's bubble. At 3/2 x width every layer costs the same
+  and the GPipe formula, which assumes equal stages, applies to every stage.
+- ``--batch`` 4096 gives 512-row micro-batches at M=8. With 256 rows (batch 2048) the
+  micro-batches' backward MatMuls cost about 1.3x the CPU per FLOP of the full batch's; at 128
+  rows about 1.6x (BENCHMARKS.md, pipeline).
 
 What is measured, from the workers' own kernels (``tfplace.runtime.trace.trace_workers``: TF's
 profiler service on each worker's gRPC port), in the first round, after the timed steps:
@@ -77,18 +86,18 @@ NOT_ACTIVATIONS = frozenset({"ReadVariableOp", "VarHandleOp", "Const", "NoOp", "
 # ---------------------------------------------------------------------------------------------
 # the model and the step
 
-def build_model(keras: Any, width: int, layers: int) -> Any:
+def build_model(keras: Any, width: int, layers: int, in_width: int | None = None) -> Any:
     keras.utils.set_random_seed(0)
-    h = inp = keras.Input((width,))
+    h = inp = keras.Input((in_width or width,))
     for i in range(layers):
         h = keras.layers.Dense(width, activation="relu" if i < layers - 1 else None)(h)
     return keras.Model(inp, h, name=f"mlp{layers}")
 
 
-def make_data(width: int, batch: int) -> tuple[Any, Any]:
+def make_data(width: int, batch: int, in_width: int | None = None) -> tuple[Any, Any]:
     import numpy as np
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, width)).astype("float32")
+    x = rng.standard_normal((batch, in_width or width)).astype("float32")
     y = rng.standard_normal((batch, width)).astype("float32")
     return x, y
 
@@ -226,7 +235,7 @@ def child(a: argparse.Namespace) -> None:
     try:
         import keras
         import tensorflow as tf
-        model = build_model(keras, a.width, a.layers)
+        model = build_model(keras, a.width, a.layers, a.in_width)
         opt = keras.optimizers.SGD(1e-3)
         loss_fn = keras.losses.MeanSquaredError()
 
@@ -245,7 +254,7 @@ def child(a: argparse.Namespace) -> None:
         else:
             step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
                                        writeback=a.writeback)
-        x, y = (tf.constant(v) for v in make_data(a.width, a.batch))
+        x, y = (tf.constant(v) for v in make_data(a.width, a.batch, a.in_width))
         first = float(step(x, y))
         setup = time.perf_counter() - t0
         pids = [p.pid for p in cluster._launcher.procs]     # noqa: SLF001 - CPU accounting
@@ -362,7 +371,7 @@ def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
     args = ["--child", "--workers", str(cfg["workers"]), "--stages", str(cfg["stages"]),
             "--schedule", cfg.get("schedule", "gpipe"), "--micro", str(a.micro),
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
-            "--batch", str(a.batch), "--layers", str(a.layers), "--writeback", a.writeback,
+            "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers), "--writeback", a.writeback,
             "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
     p = _spawn(args)
@@ -433,8 +442,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="timed steps per config and round (15)")
     ap.add_argument("--warmup", type=int, help="(5)")
     ap.add_argument("--width", type=int, help="(512)")
+    ap.add_argument("--in-width", type=int,
+                    help="input features (3/2 x width: the first layer, which has no input "
+                         "gradient, then costs what every other layer costs)")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--batch", type=int, default=2048, help="global batch")
+    ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--input", default="client", choices=["client", "prefetch"],
                     help="batches passed from the client inside each step (client), or copied "
@@ -452,6 +464,8 @@ def main() -> None:
     for key, value in preset.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
+    if a.in_width is None:
+        a.in_width = a.width * 3 // 2
     if a.child:
         child(a)
         return
@@ -462,8 +476,9 @@ def main() -> None:
     configs = [{"name": "1 worker (no pipeline)", "workers": 1, "stages": 1},
                {"name": f"2w gpipe M={a.micro}", "workers": 2, "stages": 2, "schedule": "gpipe"},
                {"name": f"2w 1f1b M={a.micro}", "workers": 2, "stages": 2, "schedule": "1f1b"}]
-    params = a.layers * (a.width * a.width + a.width)
-    print(f"pipeline: MLP {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M params, SGD, MSE), "
+    params = a.in_width * a.width + (a.layers - 1) * a.width * a.width + a.layers * a.width
+    print(f"pipeline: MLP {a.in_width} -> {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M "
+          f"params, SGD, MSE), "
           f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, {a.steps} timed "
           f"steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; python "
           f"{sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, load avg "

@@ -7,6 +7,7 @@
 //   TfplaceChannelClose    (handle, error)           error == "": graceful; else fail everyone
 //   TfplaceChannelSize     (handle) -> int32          items queued (not pending enqueues)
 //   TfplaceChannelVersion  () -> string               the TF version this library was built for
+//   TfplaceYield           ()                         control only; see YieldOp
 //
 // Why the kernels never block a thread: a pipeline stage's loop runs on the inter-op pool; a
 // dequeue that slept on a condition variable would hold one of its (here 2) threads, and the
@@ -23,10 +24,13 @@
 // and drops the queued items.  The first close wins; a second close changes nothing.
 
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <list>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -385,15 +389,19 @@ REGISTER_OP("TfplaceChannelSize")
     .SetIsStateful()
     .SetShapeFn(shape_inference::ScalarShape);
 
+REGISTER_OP("TfplaceYield")
+    .SetShapeFn(shape_inference::NoOutputs)
+    .Doc("Finishes at once, but reports it from a thread outside the executor's pool: what "
+         "waits for it is queued behind the ops that were ready when it ran. Not stateful: "
+         "tf.function's automatic control dependencies would chain it with every other "
+         "stateful op in import order, across stages.");
+
 REGISTER_OP("TfplaceChannelVersion")
     .Output("version: string")
     .SetShapeFn(shape_inference::ScalarShape)
     .Doc("The TensorFlow version this library was compiled against.");
 
 // ------------------------------------------------------------------------------------ kernels
-
-// container="__per_step__": the channel lives in the running step's container (see Compute).
-constexpr char kPerStep[] = "__per_step__";
 
 class ChannelOp : public OpKernel {
  public:
@@ -420,22 +428,9 @@ class ChannelOp : public OpKernel {
       *out = new Channel(name_, capacity_, dtypes_, shapes_);
       return Status();
     };
-    ResourceHandle handle;
+    ResourceHandle handle = tensorflow::MakeResourceHandle<Channel>(ctx, container_, name_);
     tensorflow::core::RefCountPtr<Channel> ch;
-    tensorflow::ScopedStepContainer* step = ctx->step_container();
-    if (container_ == kPerStep && step != nullptr) {
-      // One channel per step (the pipeline rewrite's queues): created in the step's container,
-      // deleted with it when the step ends, so a failed step can leave no stale item behind.
-      handle = step->MakeResourceHandle<Channel>(name_, *ctx->device());
-      Channel* raw = nullptr;
-      OP_REQUIRES_OK(ctx, step->LookupOrCreate<Channel>(ctx->resource_manager(), name_, &raw,
-                                                        create));
-      ch.reset(raw);
-    } else {
-      const std::string& container = container_ == kPerStep ? std::string() : container_;
-      handle = tensorflow::MakeResourceHandle<Channel>(ctx, container, name_);
-      OP_REQUIRES_OK(ctx, tensorflow::LookupOrCreateResource<Channel>(ctx, handle, &ch, create));
-    }
+    OP_REQUIRES_OK(ctx, tensorflow::LookupOrCreateResource<Channel>(ctx, handle, &ch, create));
     OP_REQUIRES_OK(ctx, ch->CheckSpec(capacity_, dtypes_, shapes_));
     Tensor* out = nullptr;
     tensorflow::AllocatorAttributes host;
@@ -517,6 +512,60 @@ class SizeOp : public OpKernel {
   }
 };
 
+// TfplaceYield: a control-only op for the pipeline rewrite. A pinned worker runs a step's
+// kernels on one inter-op thread. When an op finishes, TF's executor runs its cheap ready
+// successors inline on that thread, and it also runs the last expensive one inline if nothing
+// cheap is ready; it queues the other expensive ones at the front of the thread's own queue.
+// A forward segment's done NoOp (cheap) thus used to run right after the activation it
+// sends, and it started the next micro-batch's MatMuls inline, while the activation's _Send
+// waited in the queue for the whole chain. The rewrite makes the done NoOp also wait for a
+// yield that follows the activation. This op is async (the executor always counts async ops as
+// expensive, so no cheap successor is ready when the activation finishes), and it completes
+// from a thread of its own. The done NoOp is then queued at the back of the executor's queue,
+// behind the _Send.
+class Deferrer {
+ public:
+  static Deferrer& Get() {
+    static Deferrer* d = new Deferrer();  // never destroyed: its thread may outlive main()
+    return *d;
+  }
+  void Run(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      work_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  Deferrer() {
+    std::thread([this] {
+      for (;;) {
+        std::function<void()> fn;
+        {
+          std::unique_lock<std::mutex> l(mu_);
+          cv_.wait(l, [this] { return !work_.empty(); });
+          fn = std::move(work_.front());
+          work_.pop_front();
+        }
+        fn();
+      }
+    }).detach();
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> work_;
+};
+
+class YieldOp : public AsyncOpKernel {
+ public:
+  explicit YieldOp(OpKernelConstruction* ctx) : AsyncOpKernel(ctx) {}
+
+  void ComputeAsync(OpKernelContext* ctx, DoneCallback done) override {
+    Deferrer::Get().Run(std::move(done));
+  }
+};
+
 class VersionOp : public OpKernel {
  public:
   explicit VersionOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -533,6 +582,7 @@ REGISTER_KERNEL_BUILDER(Name("TfplaceChannelEnqueue").Device(tensorflow::DEVICE_
 REGISTER_KERNEL_BUILDER(Name("TfplaceChannelDequeue").Device(tensorflow::DEVICE_CPU), DequeueOp);
 REGISTER_KERNEL_BUILDER(Name("TfplaceChannelClose").Device(tensorflow::DEVICE_CPU), CloseOp);
 REGISTER_KERNEL_BUILDER(Name("TfplaceChannelSize").Device(tensorflow::DEVICE_CPU), SizeOp);
+REGISTER_KERNEL_BUILDER(Name("TfplaceYield").Device(tensorflow::DEVICE_CPU), YieldOp);
 REGISTER_KERNEL_BUILDER(Name("TfplaceChannelVersion").Device(tensorflow::DEVICE_CPU), VersionOp);
 
 }  // namespace tfplace

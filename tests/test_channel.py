@@ -143,6 +143,34 @@ def test_kernel_dtype_check() -> None:
         channel_mod.load_ops().tfplace_channel_enqueue(ch._handle, [tf.constant([1, 2])])
 
 
+def test_yield_orders_what_waits_for_it_after_what_it_follows() -> None:
+    """TfplaceYield (the pipeline rewrite's hand-off marker) completes from its own thread:
+    ops that wait for it run after the op it follows, every time, and a step that fails after
+    a yield started still ends (no outstanding op is left behind)."""
+    if not channel_mod.library_path().is_file() and not os.environ.get("TFPLACE_REQUIRE_OPS"):
+        pytest.skip("channel op not built")
+    ops = channel_mod.load_ops()
+    v = tf.Variable(0.0)
+
+    @tf.function
+    def step(fail):
+        first = v.assign_add(1.0)
+        with tf.control_dependencies([first]):
+            marker = ops.tfplace_yield()
+        with tf.control_dependencies([marker]):
+            after = v.read_value()
+        with tf.control_dependencies([marker]):
+            checked = tf.debugging.assert_equal(fail, False, message="step asked to fail")
+        with tf.control_dependencies([checked]):
+            return tf.identity(after)
+
+    for i in range(1, 201):
+        assert float(step(tf.constant(False))) == i    # the read waited for the increment
+    with pytest.raises(tf.errors.InvalidArgumentError, match="step asked to fail"):
+        step(tf.constant(True))
+    assert float(step(tf.constant(False))) == 202.0
+
+
 def test_close_with_error_wakes_a_blocked_dequeue(backend: str) -> None:
     ch = _ch(backend, name=f"wake_deq_{backend}")
     t = _Thread(ch.dequeue)

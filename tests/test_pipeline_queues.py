@@ -37,6 +37,19 @@ def check_queues(pstep, backend: str) -> None:
         assert c.device == pipe.stages[dst].devices[0]
         puts = [n for n in gd.node if n.name.startswith(c.name + "/put")]
         assert len(puts) == pipe.micro_batches and all(p.device == c.device for p in puts)
+    # with the op, every put tensor's producer is followed by a yield on its device that the
+    # producer's segment waits for (its _Send goes out before the next segment starts)
+    if backend == "op":
+        dones = {n.name: n for n in gd.node if n.name.startswith("tfplace_pipeline/stage")}
+        for put in (n for n in gd.node if n.op == "TfplaceChannelEnqueue"):
+            for t in put.input[1:]:
+                if t.startswith("^"):
+                    continue
+                src = nodes[t.split(":")[0]]
+                ys = [n for n in gd.node if n.op == "TfplaceYield" and f"^{src.name}" in n.input]
+                assert len(ys) == 1 and ys[0].device == src.device, (put.name, src.name)
+                assert any(f"^{ys[0].name}" in d.input and f"^{src.name}" in d.input
+                           for d in dones.values()), (put.name, src.name)
     # forward queue 0 -> 1 exists on every schedule and M
     assert any(c.name.endswith("/F0to1") for c in chans)
     assert any(c.name.split("/")[-1].startswith("B1to0") for c in chans)

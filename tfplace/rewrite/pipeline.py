@@ -108,9 +108,12 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
     pipeline_transpose.apply(out)            # each weight transposed once for all dx MatMuls
     segs = segments(out, spec, pipe)
     pressure = []
+    after: dict[tuple[int, str, int], list[str]] = {}
     if queues is not None:
         from tfplace.rewrite import pipeline_queues
         pressure = pipeline_queues.insert(out, segs, pipe, queues)
+        if queues == "op":                   # hand-offs go out before the next segment starts
+            after = pipeline_queues.yields(out, segs)
     held = _hold_writes(out, segs)
     nodes = {n.name: n for n in out.node}
     for s, order in enumerate(pipe.orders()):
@@ -128,7 +131,8 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
                         node.input.append(f"^{prev}")
             done = out.node.add()
             done.name, done.op, done.device = done_name(s, op), "NoOp", device
-            done.input.extend(f"^{name}" for name in ops)
+            waits = ops + after.get((s, op.kind, op.micro_batch), [])
+            done.input.extend(f"^{name}" for name in waits)
             nodes[done.name] = done
             prev = done.name
     _writes_after_all_stages(out, segs, pipe, held)

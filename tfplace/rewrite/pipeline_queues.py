@@ -19,6 +19,11 @@ step anew: new kernels, new empty channels.
 Both put and take mark the handle read-only (``_read_only_resource_inputs``) so that
 tf.function's automatic control dependencies do not chain them in import order.
 
+With the op backend, each segment that puts something also waits for a ``TfplaceYield`` after
+the put tensor's producer (``yields``): without it the segment's done NoOp, a cheap op, would
+run inline right after that producer on the worker's one inter-op thread and start the next
+segment, and the tensor's _Send would wait behind it (custom_ops/channel.cc, YieldOp).
+
 Only neighbour queues are made (the ones the plan sized and the deadlock check saw); any other
 cross-stage edge (labels to the last stage, tied weights) stays a plain TF edge.
 """
@@ -28,10 +33,11 @@ from typing import Any
 
 from tfplace.errors import GraphError
 
-__all__ = ["insert", "BACKENDS", "QUEUE_SCOPE", "channel_nodes"]
+__all__ = ["insert", "yields", "BACKENDS", "QUEUE_SCOPE", "YIELD_SCOPE", "channel_nodes"]
 
 BACKENDS = ("op", "fifo")
 QUEUE_SCOPE = "tfplace_pipeline/queue"
+YIELD_SCOPE = "tfplace_pipeline/yield"
 DT_RESOURCE = 20
 _OPS = {"op": ("TfplaceChannel", "TfplaceChannelEnqueue", "TfplaceChannelDequeue"),
         "fifo": ("FIFOQueueV2", "QueueEnqueueV2", "QueueDequeueV2")}
@@ -119,6 +125,27 @@ def insert(graph_def: Any, segs: dict[tuple[int, str, int], list[str]], pipe: An
                                  by_base[base], capacity.get((a, b), 1), backend,
                                  f"{QUEUE_SCOPE}/{kind}{a}to{b}" + (f"_{j}" if j else ""))
     return pressure
+
+
+def yields(graph_def: Any, segs: dict[tuple[int, str, int], list[str]]
+           ) -> dict[tuple[int, str, int], list[str]]:
+    """A ``TfplaceYield`` after every producer of a put tensor, on its device (``graph_def``
+    modified in place). Returns segment -> the yields its done NoOp must also wait for."""
+    seg_of = {name: key for key, names in segs.items() for name in names}
+    nodes = {n.name: n for n in graph_def.node}
+    producers = sorted({_tensor(inp)[0] for n in graph_def.node
+                        if n.op == _OPS["op"][1] and n.name.startswith(QUEUE_SCOPE)
+                        for inp in n.input[1:] if not inp.startswith("^")})
+    out: dict[tuple[int, str, int], list[str]] = {}
+    for i, src in enumerate(producers):
+        key = seg_of.get(src)
+        if key is None:
+            continue
+        y = graph_def.node.add()
+        y.name, y.op, y.device = f"{YIELD_SCOPE}/{i}", "TfplaceYield", nodes[src].device
+        y.input.append(f"^{src}")
+        out.setdefault(key, []).append(y.name)
+    return out
 
 
 def _channel(graph_def: Any, nodes: dict[str, Any], segs: dict[tuple[int, str, int], list[str]],

@@ -145,30 +145,31 @@ def test_kernel_dtype_check() -> None:
 
 def test_yield_orders_what_waits_for_it_after_what_it_follows() -> None:
     """TfplaceYield (the pipeline rewrite's hand-off marker) completes from its own thread:
-    ops that wait for it run after the op it follows, every time, and a step that fails after
-    a yield started still ends (no outstanding op is left behind)."""
+    what waits for it runs after what it follows, every time, and a step that fails after a
+    yield started still ends. In a v1 graph, so that only the yield orders the read after the
+    increment (tf.function's automatic control dependencies would order them anyway)."""
     if not channel_mod.library_path().is_file() and not os.environ.get("TFPLACE_REQUIRE_OPS"):
         pytest.skip("channel op not built")
     ops = channel_mod.load_ops()
-    v = tf.Variable(0.0)
-
-    @tf.function
-    def step(fail):
-        first = v.assign_add(1.0)
+    g = tf.Graph()
+    with g.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=0.0, use_resource=True)
+        fail = tf.compat.v1.placeholder(tf.bool, [])
+        first = v.assign_add(1.0, read_value=False)
         with tf.control_dependencies([first]):
             marker = ops.tfplace_yield()
         with tf.control_dependencies([marker]):
             after = v.read_value()
-        with tf.control_dependencies([marker]):
             checked = tf.debugging.assert_equal(fail, False, message="step asked to fail")
         with tf.control_dependencies([checked]):
-            return tf.identity(after)
-
-    for i in range(1, 201):
-        assert float(step(tf.constant(False))) == i    # the read waited for the increment
-    with pytest.raises(tf.errors.InvalidArgumentError, match="step asked to fail"):
-        step(tf.constant(True))
-    assert float(step(tf.constant(False))) == 202.0
+            out = tf.identity(after)
+        with tf.compat.v1.Session(graph=g) as sess:
+            sess.run(v.initializer)
+            for i in range(1, 201):
+                assert sess.run(out, {fail: False}) == i   # the read waited for the increment
+            with pytest.raises(tf.errors.InvalidArgumentError, match="step asked to fail"):
+                sess.run(out, {fail: True})
+            assert sess.run(out, {fail: False}) == 202.0
 
 
 def test_close_with_error_wakes_a_blocked_dequeue(backend: str) -> None:

@@ -15,11 +15,17 @@ class NodeBuilder:
     def __init__(self, graph_def: Any, scope: str) -> None:
         self.gd, self.scope = graph_def, scope
         self._names = {n.name for n in graph_def.node}
+        self._next: dict[str, int] = {}      # base -> the first suffix not yet tried
 
     def name(self, base: str) -> str:
-        name, i = f"{self.scope}/{base}", 1
+        """``scope/base``, else ``scope/base_i`` with the smallest free i. The search for a base
+        resumes where the last one stopped: every smaller i is taken."""
+        i = self._next.get(base, 0)
+        name = f"{self.scope}/{base}" if i == 0 else f"{self.scope}/{base}_{i}"
         while name in self._names:
-            name, i = f"{self.scope}/{base}_{i}", i + 1
+            i += 1
+            name = f"{self.scope}/{base}_{i}"
+        self._next[base] = i + 1
         self._names.add(name)
         return name
 

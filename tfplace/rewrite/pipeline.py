@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from tfplace.errors import GraphError
-from tfplace.rewrite import replicate
+from tfplace.rewrite import pipeline_queues, replicate
 
 __all__ = ["apply", "segments", "SCOPE", "GRADIENT_SCOPE", "done_name"]
 
@@ -110,7 +110,6 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
     pressure = []
     after: dict[tuple[int, str, int], list[str]] = {}
     if queues is not None:
-        from tfplace.rewrite import pipeline_queues
         pressure = pipeline_queues.insert(out, segs, pipe, queues)
         if queues == "op":                   # hand-offs go out before the next segment starts
             after = pipeline_queues.yields(out, segs)
@@ -140,7 +139,6 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
         done = nodes.get(done_name(s, (kind, m)))
         if done is not None:
             done.input.append(f"^{take}")
-    from tfplace.rewrite import pipeline_queues
     if queues is None:
         _check_acyclic(out)
     else:
@@ -186,8 +184,7 @@ def _writes_after_all_stages(graph_def: Any, segs: dict[tuple[int, str, int], li
 def _check_acyclic(graph_def: Any) -> None:
     """GraphError naming a few nodes on a cycle if the order edges made one (a planning bug:
     the schedule disagrees with the step's dataflow)."""
-    from tfplace.rewrite.pipeline_queues import run_abstractly
-    stuck, _ = run_abstractly(graph_def, queues=False)
+    stuck, _ = pipeline_queues.run_abstractly(graph_def, queues=False)
     if stuck:
         raise GraphError(f"the pipeline schedule order makes a cycle with the step's dataflow "
                          f"({len(stuck)} ops stuck, e.g. {stuck[:4]}); this is a tfplace bug: "

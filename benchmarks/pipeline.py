@@ -371,8 +371,8 @@ def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
     args = ["--child", "--workers", str(cfg["workers"]), "--stages", str(cfg["stages"]),
             "--schedule", cfg.get("schedule", "gpipe"), "--micro", str(a.micro),
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
-            "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers), "--writeback", a.writeback,
-            "--input", a.input,
+            "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers),
+            "--writeback", a.writeback, "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
     p = _spawn(args)
     try:

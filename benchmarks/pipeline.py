@@ -290,11 +290,10 @@ def child(a: argparse.Namespace) -> None:
 
 def _inputs(a: argparse.Namespace, step: Any, x: Any, y: Any) -> Any:
     """The batches every configuration trains on: with ``--input prefetch`` the
-    same (x, y) as a repeated tf.data dataset, each batch copied from this process to the
-    device that reads the input (the first stage's; the single worker's) on a background
-    thread while the previous step runs (``tfplace.runtime.prefetch``): a real 8 MB copy per
-    step, overlapped as the pipeline's input prefetch does it. ``--input client`` (the
-    default): the tensors are passed from here and copied inside every step."""
+    same (x, y) as a repeated tf.data dataset, rebuilt on the worker that reads the input (the
+    first stage's; the single worker's) and prefetched there (``tfplace.runtime.prefetch``,
+    as ``ParallelFunction.prefetch`` does it): the batches never pass through this process.
+    ``--input client``: the tensors are passed from here and copied inside every step."""
     import itertools
     import tensorflow as tf
     if a.input == "client":
@@ -449,8 +448,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--input", default="client", choices=["client", "prefetch"],
-                    help="batches passed from the client inside each step (client), or copied "
-                         "ahead to the input's device while the previous step runs (prefetch)")
+                    help="batches passed from the client inside each step (client), or read "
+                         "by a tf.data dataset on the input's worker (prefetch)")
     ap.add_argument("--rounds", type=int, help="(2)")
     ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (5)")
     ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")

@@ -44,3 +44,23 @@ def test_prefetched_dataset_lands_on_the_first_stage(workers2):
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     for w_ref, w_got in zip(ref[0].get_weights(), model.get_weights()):
         np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_prefetch_reads_the_dataset_on_the_worker_unless_it_cannot_move(workers2):
+    """A serialisable dataset is rebuilt on the worker and iterated there (its batches never
+    pass through this process); a Python generator cannot move, so it is read here and each
+    batch copied ahead. Both give the same batches, on the worker."""
+    import tensorflow as tf
+    from tfplace.runtime.prefetch import on_worker, to_device
+    device = workers2.names[2]
+    ds = tf.data.Dataset.range(6).map(lambda i: (tf.fill([2], i), i * 10)).batch(2)
+    assert on_worker(ds, device)._variant_tensor.device == device   # rebuilt on the worker
+    got = list(to_device(ds, device))
+    assert [b[1].numpy().tolist() for b in got] == [[0, 10], [20, 30], [40, 50]]
+    assert {b[0].device for b in got} == {device}
+    gen = tf.data.Dataset.from_generator(lambda: iter([[1, 2], [3, 4]]),
+                                         output_signature=tf.TensorSpec([2], tf.int64))
+    assert on_worker(gen, device) is None                   # read here, copied ahead
+    got = list(to_device(gen, device))
+    assert [b.numpy().tolist() for b in got] == [[1, 2], [3, 4]]
+    assert {b.device for b in got} == {device}

@@ -31,14 +31,33 @@ def _src(inp: str) -> str:
     return inp.lstrip("^").split(":")[0]
 
 
-def _closure(start: Iterable[str], edges: dict[str, list[str]]) -> set[str]:
-    seen, todo = set(start), list(start)
+def _closure(start: Iterable[str], edges: dict[str, list[str]],
+             within: set[str] | None = None) -> set[str]:
+    """``start`` and what ``edges`` reach from it; with ``within``, through those nodes only."""
+    seen = set(start)
+    todo = list(seen)
     while todo:
         for nxt in edges.get(todo.pop(), ()):
-            if nxt not in seen:
+            if nxt not in seen and (within is None or nxt in within):
                 seen.add(nxt)
                 todo.append(nxt)
     return seen
+
+
+def _reach_new(start: str, edges: dict[str, list[str]], seen: set[str]) -> set[str]:
+    """What ``edges`` reach from ``start`` (itself included) that is not in ``seen`` yet;
+    ``seen`` gains it. A node in ``seen`` is not entered: all it reaches is in ``seen`` too."""
+    if start in seen:
+        return set()
+    new = {start}
+    todo = [start]
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen and nxt not in new:
+                new.add(nxt)
+                todo.append(nxt)
+    seen |= new
+    return new
 
 
 def _bytes(node: Any) -> int:
@@ -66,8 +85,11 @@ def homes(graph_def: Any, spec: Any, flow: dict[str, list[str]] | None = None) -
         load[dev] += _bytes(nodes[f"tfplace_r0/{values}"])
         mark_home[values] = mark_home[indices] = dev
     out: dict[str, str] = {}
+    # a variable's home is that of the first mark (sorted) reaching one of its writes; each
+    # node is visited once, by the first mark that reaches it (was a full walk per mark)
+    reached: set[str] = set()
     for mark in sorted(mark_home):
-        for name in sorted(_closure([f"tfplace_r0/{mark}"], consumers)):
+        for name in sorted(_reach_new(f"tfplace_r0/{mark}", consumers, reached)):
             node = nodes[name]
             if node.op in READ_OPS or not node.input:
                 continue
@@ -85,10 +107,10 @@ def apply(graph_def: Any, spec: Any) -> Any:
     out = type(graph_def)()
     out.CopyFrom(graph_def)
     _split_identity_n(out)
-    flow = _flow(out)
+    consumers, producers = _edges(out)
+    flow = _flow(out, consumers)
     home = homes(out, spec, flow)
     nodes = {n.name: n for n in out.node}
-    consumers, producers = _edges(out)
     marks = {f"tfplace_r0/{m}" for b in spec.dense for m in b} | \
             {f"tfplace_r0/{m}" for pair in spec.sparse for m in pair}
     downstream = _closure(marks, flow)
@@ -102,7 +124,9 @@ def apply(graph_def: Any, spec: Any) -> Any:
         for u in users:                         # resource ops run where the resource is
             nodes[u].device = dev
         writes = [u for u in users if nodes[u].op not in READ_OPS]
-        for name in _closure(writes, producers) & downstream:
+        # (``downstream`` is closed under data consumers: no node outside it has an
+        # ancestor inside it, so the walk up from the writes may stay inside)
+        for name in _closure([w for w in writes if w in downstream], producers, downstream):
             shard_of.setdefault(name, set()).add(dev)
         for r in range(1, len(spec.groups)):
             ph = f"tfplace_r{r}/{base}"
@@ -163,11 +187,12 @@ def _edges(gd: Any) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     return consumers, producers
 
 
-def _flow(gd: Any) -> dict[str, list[str]]:
-    """Data edges, plus read-after-write control edges on the same variable: an optimizer
-    reads a slot it has just assigned (Adam's m and v) through a control dependency."""
+def _flow(gd: Any, data: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Data edges (``data``: consumers from ``_edges``, not modified), plus read-after-write
+    control edges on the same variable: an optimizer reads a slot it has just assigned (Adam's
+    m and v) through a control dependency."""
     nodes = {n.name: n for n in gd.node}
-    consumers, _ = _edges(gd)
+    consumers = {k: list(v) for k, v in (_edges(gd)[0] if data is None else data).items()}
     for n in gd.node:
         if n.op in READ_OPS:
             for inp in n.input:

@@ -6,6 +6,7 @@ from typing import Any
 from tfplace.capture import Captured
 from tfplace.errors import GraphError, StageFailed, WorkerLost
 from tfplace.runtime.devices import prepare
+from tfplace.runtime.live import live
 
 __all__ = ["Executor", "WRITEBACK_MODES"]
 
@@ -113,6 +114,9 @@ class Executor:
                 if id(orig) in sum_ids:
                     self.sums.setdefault(id(orig), (orig, []))[1].append(placed)
         self._consumers = self._resource_consumers()
+        # what the import needs: TF would prune the rest when it instantiates the function
+        self._live = live(graph_def, [*captured.inputs, *(o.split(":")[0] for o in
+                                                          captured.outputs), *self._consumers])
         # the pipeline's channels outlive a step: after a failed one they may hold its items
         self._channels = any(n.name.startswith("tfplace_pipeline/queue/")
                              for n in graph_def.node)
@@ -175,7 +179,7 @@ class Executor:
         for node, token in self.tokens:
             input_map[f"{node}:0"] = g.capture(token.handle)
         wanted = list(c.outputs) + self._consumers
-        got = tf.graph_util.import_graph_def(self.graph_def, input_map=input_map,
+        got = tf.graph_util.import_graph_def(self._live, input_map=input_map,
                                              return_elements=wanted, name="tfplace")
         outputs = list(got[:len(c.outputs)])
         if self.writeback == "step":

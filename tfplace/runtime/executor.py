@@ -6,6 +6,7 @@ from typing import Any
 from tfplace.capture import Captured
 from tfplace.errors import GraphError, StageFailed, WorkerLost
 from tfplace.runtime.devices import prepare
+from tfplace.runtime.graph_import import import_graph_def as tf_import
 from tfplace.runtime.live import live
 
 __all__ = ["Executor", "WRITEBACK_MODES"]
@@ -179,8 +180,8 @@ class Executor:
         for node, token in self.tokens:
             input_map[f"{node}:0"] = g.capture(token.handle)
         wanted = list(c.outputs) + self._consumers
-        got = tf.graph_util.import_graph_def(self._live, input_map=input_map,
-                                             return_elements=wanted, name="tfplace")
+        got = tf_import(self._live, input_map=input_map, return_elements=wanted,
+                        name="tfplace")
         outputs = list(got[:len(c.outputs)])
         if self.writeback == "step":
             # the copies wait for the ops on the variables they copy (the step returns after all)

@@ -80,7 +80,6 @@ def data(kind: str, batch: int = 16, seed: int = 0):
 
 def twin(kind: str):
     """Two models with identical weights, each with its own optimizer and step."""
-    import keras
     a = build(kind)
     b = build(kind)
     b.set_weights(a.get_weights())

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from tfplace.graphdef_attrs import DT_RESOURCE
+
 __all__ = ["live"]
 
-_DT_RESOURCE = 20
 _READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd"})
 _CONTROL_FLOW = frozenset({"Switch", "Merge", "Enter", "Exit", "NextIteration", "LoopCond",
                            "RefSwitch", "RefMerge", "RefEnter", "RefExit", "RefNextIteration",
@@ -40,10 +41,10 @@ def _makes_resource(node: Any, op_def: Any) -> bool:
     """Whether ``node`` may output a resource handle (over-approximated: any resource type)."""
     if op_def is None:
         return True
-    if any(arg.type == _DT_RESOURCE for arg in op_def.output_arg):
+    if any(arg.type == DT_RESOURCE for arg in op_def.output_arg):
         return True
     for value in node.attr.values():
-        if value.type == _DT_RESOURCE or _DT_RESOURCE in value.list.type:
+        if value.type == DT_RESOURCE or DT_RESOURCE in value.list.type:
             return True
     return False
 

@@ -7,7 +7,8 @@ Two ways, both overlapping the input's read and copy with the running step:
   already on the device when a step starts. For a gRPC worker's device the dataset itself moves
   there: it is serialised (``DatasetToGraphV2``, refusing external state) and rebuilt on the
   worker (``DatasetFromGraph``), so the worker reads and prefetches its own batches and they
-  never pass through this process (a 12 MB batch costs the step a ~10 ms copy otherwise). A
+  never pass through this process (passed from the client, a 12.6 MB batch held stage 0's
+  first kernel back 16.9 ms: BENCHMARKS.md, pipeline). A
   dataset that holds state which cannot move (a Python generator, an unseeded random op) is
   read here instead and each batch copied ahead as below;
 - an iterator someone else made (Keras ``fit`` hands the callback one): ``Lookahead`` reads the

@@ -1,12 +1,17 @@
 """Data-parallel training throughput: a real CNN on 1 worker vs 2 core-pinned workers (tfplace)
 vs tf.distribute.MultiWorkerMirroredStrategy on the same 2 core-pinned workers.
 
-    python benchmarks/data_parallel.py [--rounds 2] [--steps 40] [--warmup 10] [--batch 64]
+    python benchmarks/data_parallel.py [--blocks 16] [--block-steps 10] [--warmup 10] [--batch 64]
+                                       [--sequential [--rounds 2] [--steps 40]]
                                        [--syncs ring,auto,ps] [--no-diagnostics] [--no-horovod]
 
-Every configuration runs in its own subprocess (a process can connect to only one gRPC cluster),
-one after another; the whole set is repeated ``--rounds`` times in alternating order, and the
-table reports the median over all timed steps of all rounds. Weak scaling (as Horovod measures):
+Every configuration runs in its own subprocesses (a process can connect to only one gRPC cluster).
+By default they are all set up at once and then timed interleaved (``_blocks``): ``--blocks``
+blocks of ``--block-steps`` steps per configuration, taken in turn in alternating order, so
+that every configuration meets the VM's drifting speed in the same minutes; the table reports the
+median over all timed steps, and the ratios are also given paired block by block. The Horovod
+row is timed alone afterwards (its idle ranks poll). ``--sequential`` is the older method: one
+configuration after another in fresh processes, ``--rounds`` times. Weak scaling (as Horovod measures):
 each worker gets ``--batch`` examples, so the global batch is workers x batch.
 
   tfplace 1w      launch_local(workers=1), placer="single", global batch = batch
@@ -42,6 +47,7 @@ import sys
 import time
 from _procs import children as _children, free_port as _free_port  # noqa: E402
 from _procs import cpu_seconds, kill_children as _kill_children, pin_process, read_result  # noqa: E402
+from _blocks import Group, fifo, idle_cpu, scratch, serve, spawn  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -95,6 +101,28 @@ def emit(obj: dict) -> None:
     print(RESULT + json.dumps(obj), flush=True)
 
 
+def measure(a: argparse.Namespace, call, pids: tuple = (), index: int = 0
+            ) -> tuple[list[float], list[float], list[float]]:
+    """``timed`` over --steps; with --control (interleaved), warm up and then time the blocks of
+    steps the parent asks for, until it says stop: all blocks' step times, the losses, and the
+    CPU ms per step of this process and of ``pids`` over the blocks."""
+    if not a.control:
+        return timed(call, a.steps, a.warmup, pids)
+    losses = [float(call()) for _ in range(a.warmup)]
+
+    def block(n: int) -> dict:
+        times, more, cpu = timed(call, n, 0, pids)
+        losses.extend(more)
+        return {"times": times, "cpu_ms": cpu, "index": index}
+
+    control = a.control if a.child != "horovod" else f"{a.control}.{index}"
+    blocks = serve(control, block, emit, [os.getpid(), *pids])
+    times = [t for b in blocks for t in b["times"]]
+    cpu = [sum(b["cpu_ms"][k] * len(b["times"]) for b in blocks) / max(1, len(times))
+           for k in range(1 + len(pids))]
+    return times, losses, cpu
+
+
 # ---------------------------------------------------------------------------------------------
 # children
 
@@ -126,7 +154,7 @@ def child_tfplace(a: argparse.Namespace) -> None:
         step(x, y)
         setup = time.perf_counter() - t0
         pids = tuple(p.pid for p in cluster._launcher.procs)  # noqa: SLF001 - for CPU accounting
-        times, losses, cpu = timed(lambda: step(x, y).numpy(), a.steps, a.warmup, pids)
+        times, losses, cpu = measure(a, lambda: step(x, y).numpy(), pids)
         plan = step.plan
         sync = plan.sync
         emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -158,7 +186,7 @@ def child_plain(a: argparse.Namespace) -> None:
         return loss
 
     x, y = make_data(tf, a.batch)
-    times, losses, cpu = timed(lambda: train_step(x, y).numpy(), a.steps, a.warmup)
+    times, losses, cpu = measure(a, lambda: train_step(x, y).numpy())
     emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
           "global_batch": a.batch, "cpu_ms": {"proc": cpu[0]}})
 
@@ -195,7 +223,7 @@ def child_mwms(a: argparse.Namespace) -> None:
     # each worker its own shard of the global batch (worker i gets rows i*B:(i+1)*B)
     gx, gy = make_data(tf, global_batch)
     x, y = gx[a.index * a.batch:(a.index + 1) * a.batch], gy[a.index * a.batch:(a.index + 1) * a.batch]
-    times, losses, cpu = timed(lambda: train_step(x, y).numpy(), a.steps, a.warmup)
+    times, losses, cpu = measure(a, lambda: train_step(x, y).numpy(), index=a.index)
     checksum = float(sum(tf.reduce_sum(tf.cast(v, tf.float64)).numpy()
                          for v in model.trainable_variables))
     emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -227,7 +255,7 @@ def child_horovod(a: argparse.Namespace) -> None:
                                data_parallel="auto", sync_backend="horovod")
     n = step.data_parallel
     x, y = make_data(tf, a.batch * n)                     # the global batch, on every rank
-    times, losses, cpu = timed(lambda: step(x, y).numpy(), a.steps, a.warmup)
+    times, losses, cpu = measure(a, lambda: step(x, y).numpy(), index=rank)
     checksum = float(sum(tf.reduce_sum(tf.cast(v, tf.float64)).numpy()
                          for v in model.trainable_variables))
     emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -317,6 +345,144 @@ def run_config(cfg: dict, a: argparse.Namespace) -> dict:
             "checksums": [c0, c1]}
 
 
+def run_sequential(configs: list[dict], a: argparse.Namespace, t_start: float
+                   ) -> tuple[dict, dict, dict]:
+    """Each configuration in fresh processes, one after another, --rounds times."""
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    extra: dict[str, dict] = {}
+    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    for rnd in range(a.rounds):
+        spent = time.perf_counter() - t_start
+        if rnd and spent / rnd * (rnd + 1) > a.budget:
+            print(f"  (stopping after {rnd} round(s): another would pass --budget {a.budget:.0f} s)")
+            break
+        order = configs if rnd % 2 == 0 else configs[::-1]
+        for cfg in order:
+            t = time.perf_counter()
+            r = run_config(cfg, a)
+            samples[cfg["name"]] += r["step_s"]
+            extra[cfg["name"]] = r
+            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
+            med = statistics.median(r["step_s"])
+            print(f"  round {rnd + 1} {cfg['name']:<28} median step {med * 1e3:7.1f} ms  "
+                  f"{r['global_batch'] / med:8.0f} ex/s  loss {r['first_loss']:.3f}->"
+                  f"{r['last_loss']:.3f}  cpu ms/step "
+                  + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
+                  + f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+    return samples, extra, cpu_rounds
+
+
+def start_group(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
+    """The configuration's processes, set up and warmed up, waiting for blocks (--control)."""
+    common = ["--warmup", str(a.warmup), "--batch", str(a.batch)]
+    label = cfg["name"].replace(" ", "_")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    if cfg["kind"] in ("tfplace", "plain"):
+        ctl = fifo(directory, label)
+        args = ["--child", cfg["kind"], "--control", ctl, *common]
+        if cfg["kind"] == "tfplace":
+            args += ["--workers", str(cfg["workers"]), "--sync", cfg.get("sync", "ring"),
+                     "--writeback", cfg.get("writeback", "step")]
+        p, err = spawn([sys.executable, HERE, *args], dict(env, **cfg.get("env", {})),
+                       _children, directory, label)
+        return Group(cfg["name"], [p], [ctl], 1, RESULT, [err])
+    if cfg["kind"] == "horovod":
+        base = os.path.join(directory, label)
+        ctls = [fifo(directory, f"{label}.{r}") for r in range(2)]
+        p, err = spawn([horovodrun(), "--gloo", "-np", "2", "-H", "localhost:2", sys.executable,
+                        HERE, "--child", "horovod", "--control", base, *common], env, _children,
+                       directory, label)
+        return Group(cfg["name"], [p], ctls, 2, RESULT, [err])
+    ports = [_free_port() for _ in range(2)]
+    procs, ctls, errs = [], [], []
+    for i in range(2):
+        ctls.append(fifo(directory, f"{label}.{i}"))
+        wenv = dict(env, TF_CONFIG=json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": i}}))
+        p, err = spawn([sys.executable, HERE, "--child", "mwms", "--index", str(i), "--control",
+                        ctls[-1], *common], wenv, _children, directory, f"{label}.{i}")
+        procs.append(p)
+        errs.append(err)
+    return Group(cfg["name"], procs, ctls, 2, RESULT, errs)
+
+
+def _block_steps(rs: list[dict]) -> list[float]:
+    """A block's step times: one process's, or per step the slower rank's (synchronous)."""
+    return rs[0]["times"] if len(rs) == 1 else [max(ts) for ts in zip(*(r["times"] for r in rs))]
+
+
+def _cpu_names(cfg: dict, rs: list[dict]) -> dict[str, float]:
+    if len(rs) == 1:
+        names = ["client"] + [f"w{i}" for i in range(len(rs[0]["cpu_ms"]) - 1)]
+        if cfg["kind"] == "plain":
+            names = ["proc"]
+        return dict(zip(names, rs[0]["cpu_ms"]))
+    return {f"w{r['index']}": r["cpu_ms"][0] for r in rs}
+
+
+def run_interleaved(configs: list[dict], a: argparse.Namespace) -> tuple[dict, dict, dict, dict]:
+    """Every configuration set up at once, then --blocks rounds of --block-steps timed steps per
+    configuration, in turn (alternating order). Returns per config: step times, final result,
+    CPU ms per step by process (one dict: the mean over blocks), and per-block medians."""
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    block_medians: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    extra: dict[str, dict] = {}
+    background: list[float] = []
+    with scratch() as directory:
+        groups = []
+        for cfg in configs:
+            t = time.perf_counter()
+            g = start_group(cfg, a, directory)
+            g.ready(a.timeout)
+            groups.append(g)
+            print(f"  set up {cfg['name']:<28} ({time.perf_counter() - t:.0f} s)", flush=True)
+        by_name = {g.name: cfg for g, cfg in zip(groups, configs)}
+        before = [sum(cpu_seconds(pid) for pid in g.pids) for g in groups]
+        time.sleep(3.0)
+        print("  idle CPU while waiting for a block (ms per s): " + ", ".join(
+            f"{g.name} {(sum(cpu_seconds(pid) for pid in g.pids) - c) / 3.0 * 1e3:.0f}"
+            for g, c in zip(groups, before)), flush=True)
+        for b in range(a.blocks):
+            for g in groups if b % 2 == 0 else groups[::-1]:
+                others = idle_cpu(groups, g, cpu_seconds)
+                t = time.perf_counter()
+                g.send(f"run {a.block_steps}")
+                rs = g.wait(a.timeout)
+                background.append(others() / (time.perf_counter() - t))
+                steps = _block_steps(rs)
+                samples[g.name] += steps
+                block_medians[g.name].append(statistics.median(steps))
+                cpu_rounds[g.name].append(_cpu_names(by_name[g.name], rs))
+        for g in groups:
+            g.send("stop")
+            finals = sorted(g.wait(a.timeout), key=lambda r: r.get("index", 0))
+            g.close()
+            r = dict(finals[0])
+            if len(finals) == 2:
+                c0, c1 = finals[0]["checksum"], finals[1]["checksum"]
+                r.update(workers_agree=abs(c0 - c1) <= 1e-6 * max(1.0, abs(c0)),
+                         checksums=[c0, c1])
+            extra[g.name] = r
+        for p in list(_children):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_children()
+    mean_cpu = {n: [{k: statistics.mean(c[k] for c in rows) for k in rows[0]}]
+                for n, rows in cpu_rounds.items()}
+    print(f"  {a.blocks} blocks of {a.block_steps} steps per configuration, taken in turn; the "
+          f"idle configurations' processes used at most {max(background) * 1e3:.0f} ms of CPU "
+          f"per second of a block (median {statistics.median(background) * 1e3:.0f})")
+    for cfg in configs:
+        n = cfg["name"]
+        print(f"  {n:<28} block medians (ms): "
+              + " ".join(f"{m * 1e3:.0f}" for m in block_medians[n]), flush=True)
+    return samples, extra, mean_cpu, block_medians
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", choices=["tfplace", "mwms", "plain", "horovod"])
@@ -326,7 +492,14 @@ def main() -> None:
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--build-optimizer", action="store_true",
                     help="tfplace child: build the optimizer's slots before the first trace")
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=40, help="timed steps per round (--sequential)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="the older method: each configuration in turn for --rounds rounds of "
+                         "--steps steps in fresh processes, instead of interleaved blocks")
+    ap.add_argument("--blocks", type=int, default=16,
+                    help="interleaved: blocks of --block-steps steps per configuration")
+    ap.add_argument("--block-steps", type=int, default=10)
+    ap.add_argument("--control", help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64, help="per-worker batch")
     ap.add_argument("--rounds", type=int, default=2)
@@ -368,32 +541,29 @@ def main() -> None:
                      "sync": "ring", "writeback": "manual"},
                     {"name": "plain 1 core (no tfplace)", "kind": "plain"}]
     load = os.getloadavg()[0]
-    print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, "
-          f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; "
+    how = (f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating "
+           "order" if a.sequential else
+           f"{a.warmup} warm-up steps, then {a.blocks} blocks of {a.block_steps} timed steps per "
+           "configuration, interleaved")
+    print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, {how}; "
           f"python {sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, "
           f"load avg {load:.2f}", flush=True)
-    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    extra: dict[str, dict] = {}
-    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
     t_start = time.perf_counter()
-    for rnd in range(a.rounds):
-        spent = time.perf_counter() - t_start
-        if rnd and spent / rnd * (rnd + 1) > a.budget:
-            print(f"  (stopping after {rnd} round(s): another would pass --budget {a.budget:.0f} s)")
-            break
-        order = configs if rnd % 2 == 0 else configs[::-1]
-        for cfg in order:
-            t = time.perf_counter()
-            r = run_config(cfg, a)
-            samples[cfg["name"]] += r["step_s"]
-            extra[cfg["name"]] = r
-            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
-            med = statistics.median(r["step_s"])
-            print(f"  round {rnd + 1} {cfg['name']:<28} median step {med * 1e3:7.1f} ms  "
-                  f"{r['global_batch'] / med:8.0f} ex/s  loss {r['first_loss']:.3f}->"
-                  f"{r['last_loss']:.3f}  cpu ms/step "
-                  + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
-                  + f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+    blocks: dict[str, list[float]] = {}
+    if a.sequential:
+        samples, extra, cpu_rounds = run_sequential(configs, a, t_start)
+    else:
+        # Horovod's idle ranks poll (about 230 ms of CPU per second, measured here): they
+        # would slow whatever runs beside them, so that row is timed alone, afterwards
+        polls = [c for c in configs if c["kind"] == "horovod"]
+        samples, extra, cpu_rounds, blocks = run_interleaved(
+            [c for c in configs if c not in polls], a)
+        if polls:
+            print(f"  {', '.join(c['name'] for c in polls)}: timed alone afterwards, "
+                  f"{a.rounds} round(s) of {a.steps} steps (its idle ranks poll)", flush=True)
+            more = run_sequential(polls, a, time.perf_counter())
+            for into, part in zip((samples, extra, cpu_rounds), more):
+                into.update(part)
 
     def eps(name: str) -> float:
         return extra[name]["global_batch"] / statistics.median(samples[name])
@@ -402,7 +572,8 @@ def main() -> None:
     mwms = eps("MWMS 2w ring")
     print()
     print(f"{'config':<28} {'global batch':>12} {'step ms':>8} {'examples/s':>11} "
-          f"{'vs 1w':>6} {'vs MWMS':>8}  CPU ms/step by process (mean of rounds)")
+          f"{'vs 1w':>6} {'vs MWMS':>8}  CPU ms/step by process (mean of "
+          f"{'rounds' if a.sequential else 'blocks'})")
     for cfg in configs:
         n = cfg["name"]
         print(f"{n:<28} {extra[n]['global_batch']:>12} "
@@ -421,6 +592,17 @@ def main() -> None:
                   f"(checksums {m['checksums'][0]:.6f}, {m['checksums'][1]:.6f})")
     tested = "ring" if "ring" in syncs else syncs[0]
     ring = eps(f"tfplace 2w {tested}")
+    if blocks:
+        def paired(num: str, den: str) -> str:
+            rs = [(extra[num]["global_batch"] / x) / (extra[den]["global_batch"] / y)
+                  for x, y in zip(blocks[num], blocks[den])]
+            q = statistics.quantiles(rs, n=4)
+            return (f"median {statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, "
+                    f"range {min(rs):.2f}-{max(rs):.2f}x")
+        print(f"paired by block (block i of one against block i of the other, taken seconds "
+              f"apart at most):")
+        print(f"  tfplace 2w {tested} / tfplace 1w: {paired(f'tfplace 2w {tested}', 'tfplace 1w')}")
+        print(f"  tfplace 2w {tested} / MWMS 2w:    {paired(f'tfplace 2w {tested}', 'MWMS 2w ring')}")
     checks = [(ring / base >= 1.7, f"tfplace 2w {tested} >= 1.7x tfplace 1w ({ring / base:.2f}x)"),
               (ring / mwms >= 1.0, f"tfplace 2w {tested} >= 1.0x MWMS 2w ({ring / mwms:.2f}x)")]
     for ok, text in checks:

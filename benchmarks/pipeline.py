@@ -86,19 +86,23 @@ NOT_ACTIVATIONS = frozenset({"ReadVariableOp", "VarHandleOp", "Const", "NoOp", "
 # ---------------------------------------------------------------------------------------------
 # the model and the step
 
-def build_model(keras: Any, width: int, layers: int, in_width: int | None = None) -> Any:
+def build_model(keras: Any, width: int, layers: int, in_width: int | None = None,
+                out_width: int | None = None) -> Any:
     keras.utils.set_random_seed(0)
     h = inp = keras.Input((in_width or width,))
     for i in range(layers):
-        h = keras.layers.Dense(width, activation="relu" if i < layers - 1 else None)(h)
+        last = i == layers - 1
+        h = keras.layers.Dense((out_width or width) if last else width,
+                               activation=None if last else "relu")(h)
     return keras.Model(inp, h, name=f"mlp{layers}")
 
 
-def make_data(width: int, batch: int, in_width: int | None = None) -> tuple[Any, Any]:
+def make_data(width: int, batch: int, in_width: int | None = None,
+              out_width: int | None = None) -> tuple[Any, Any]:
     import numpy as np
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, in_width or width)).astype("float32")
-    y = rng.standard_normal((batch, width)).astype("float32")
+    y = rng.standard_normal((batch, out_width or width)).astype("float32")
     return x, y
 
 

@@ -210,6 +210,33 @@ class ParallelFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._executor(args, kwargs)(*args, **kwargs)
 
+    def run(self, batches: Any, *, steps_per_execution: int = 1) -> list[Any]:
+        """Train on every batch of ``batches`` (an iterable of the step's argument tuples: a
+        tf.data iterator, ``step.prefetch(dataset)``, a list), ``steps_per_execution`` steps
+        per call: the workers get one dispatch, and the user's variables one write-back, per
+        call instead of per step (as Keras' ``steps_per_execution``). The steps are the same
+        sequential steps as calling the step on each batch. A last, shorter group runs one
+        step per call. Returns each step's outputs, in order."""
+        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise PlanError(f"steps_per_execution={steps_per_execution!r}: give a whole number "
+                            ">= 1 of steps per call")
+        out: list[Any] = []
+        group: list[tuple[tuple, dict]] = []
+        for batch in batches:
+            group.append((batch if isinstance(batch, tuple) else (batch,), {}))
+            if len(group) == steps_per_execution:
+                out += self._run_group(group)
+                group = []
+        for args, kwargs in group:
+            out.append(self(*args, **kwargs))
+        return out
+
+    def _run_group(self, group: list[tuple[tuple, dict]]) -> list[Any]:
+        keys = {_signature_key(args, kwargs) for args, kwargs in group}
+        if len(group) == 1 or len(keys) > 1:      # different shapes: one executor each
+            return [self(*args, **kwargs) for args, kwargs in group]
+        return self._executor(*group[0]).run_steps(group)
+
     def plan_for(self, *args: Any, **kwargs: Any) -> Plan:
         return self._executor(args, kwargs).plan
 

@@ -91,16 +91,22 @@ class _ParallelizeImpl:
                                     input_device(self.executor) or None)
 
         def train_function(iterator: Any) -> Any:
-            outputs = None
+            # steps_per_execution batches in one call (after the first step has compiled
+            # it): one dispatch and one write-back for all of them
+            batches = []
             for _ in range(steps):
                 try:
-                    data = self._lookahead.next(iterator)
+                    batches.append(self._lookahead.next(iterator))
                 except StopIteration:
-                    if outputs is None:
+                    if not batches:
                         raise
                     break
-                outputs = self._step(data)
-            return outputs
+            if self.executor is None or len(batches) < max(2, steps):
+                outputs = None
+                for data in batches:
+                    outputs = self._step(data)
+                return outputs
+            return self.executor.run_steps([((data,), {}) for data in batches])[-1]
         model.train_function = train_function
         if self.executor is not None:
             self.executor.refresh()

@@ -1,10 +1,11 @@
 """Executor: imports a rewritten GraphDef as a tf.function bound to variables on their planned devices."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from tfplace.capture import Captured
 from tfplace.errors import GraphError, StageFailed, WorkerLost
+from tfplace.rewrite.repeat import step_copy
 from tfplace.runtime.devices import prepare
 from tfplace.runtime.graph_import import import_graph_def as tf_import
 from tfplace.runtime.live import live
@@ -128,6 +129,7 @@ class Executor:
         # plain Python around import_graph_def: autograph would only cost conversion time
         self._fn = tf.function(self._body, input_signature=self._input_specs(), autograph=False)
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
+        self._multi: dict[int, Any] = {}                 # k -> k steps in one call
 
     def _add_shard(self, node: Any, captured: Captured) -> None:
         """A variable on the placeholder's device holding its slice of the user's variable."""
@@ -169,20 +171,36 @@ class Executor:
                 if any(i.split(":")[0].lstrip("^") in moved for i in n.input)]
 
     def _body(self, *flat: Any) -> list[Any]:
+        return self._body_steps(1, *flat)
+
+    def _body_steps(self, k: int, *flat: Any) -> list[Any]:
+        """``k`` copies of the step imported one after another (copy j on the j-th share of
+        ``flat``); automatic control dependencies order each copy's reads of a variable after
+        the previous copy's writes, so they run as k sequential steps. The outputs of every
+        copy, in order; with writeback "step", the copies back to the user's variables after
+        the last."""
         import tensorflow as tf
         g = tf.compat.v1.get_default_graph()
         c = self.captured
-        input_map = {f"{name}:0": t for name, t in zip(c.inputs, flat)}
+        shared = {}
         for node, _orig, placed in self.pairs:
-            input_map[f"{node}:0"] = g.capture(placed.handle)
+            shared[f"{node}:0"] = g.capture(placed.handle)
         for node, const in self.constants:
-            input_map[f"{node}:0"] = g.capture(const)
+            shared[f"{node}:0"] = g.capture(const)
         for node, token in self.tokens:
-            input_map[f"{node}:0"] = g.capture(token.handle)
+            shared[f"{node}:0"] = g.capture(token.handle)
         wanted = list(c.outputs) + self._consumers
-        got = tf_import(self._live, input_map=input_map, return_elements=wanted,
-                        name="tfplace")
-        outputs = list(got[:len(c.outputs)])
+        n_in = len(c.inputs)
+        outputs: list[Any] = []
+        got: list[Any] = []
+        for j in range(k):
+            input_map = dict(shared)
+            input_map.update({f"{name}:0": t for name, t in
+                              zip(c.inputs, flat[j * n_in:(j + 1) * n_in])})
+            graph_def = self._live if j == 0 else step_copy(self._live, j)
+            got = tf_import(graph_def, input_map=input_map, return_elements=wanted,
+                            name="tfplace" if j == 0 else f"tfplace_step{j}")
+            outputs += list(got[:len(c.outputs)])
         if self.writeback == "step":
             # the copies wait for the ops on the variables they copy (the step returns after all)
             after: dict[str, list[Any]] = {}
@@ -195,11 +213,34 @@ class Executor:
             self._write_back_ops(deps)
         return outputs
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def run_steps(self, batches: Sequence[tuple[tuple, dict]]) -> list[Any]:
+        """``len(batches)`` steps in one call, step j on ``batches[j]`` (its args and kwargs):
+        one dispatch to the workers (and one write-back) for all of them. Returns each step's
+        outputs. The function for a given count is traced on first use."""
         import tensorflow as tf
-        flat = self.captured.flatten_inputs(args, kwargs)
+        k = len(batches)
+        if k == 1:
+            return [self(*batches[0][0], **batches[0][1])]
+        if k not in self._multi:
+            specs = self._input_specs() * k
+            fn = tf.function(lambda *flat: self._body_steps(k, *flat), input_signature=specs,
+                             autograph=False)
+            self._multi[k] = fn.get_concrete_function()
+        flat = [t for args, kwargs in batches for t in self.captured.flatten_inputs(args, kwargs)]
+        out = self._run(self._multi[k], flat)
+        n = len(self.captured.outputs)
+        return [self.captured.pack_outputs(list(out[j * n:(j + 1) * n]) if n else [])
+                for j in range(k)]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.captured.pack_outputs(
+            self._run(self._call, self.captured.flatten_inputs(args, kwargs)))
+
+    def _run(self, call: Any, flat: list[Any]) -> Any:
+        """``call(*flat)``, with a lost worker or a failed pipeline stage made a tfplace error."""
+        import tensorflow as tf
         try:
-            out = self._call(*flat)
+            return call(*flat)
         except (tf.errors.UnavailableError, tf.errors.AbortedError,
                 tf.errors.CancelledError, tf.errors.DeadlineExceededError) as e:
             self._after_failure()
@@ -218,7 +259,6 @@ class Executor:
             raise StageFailed(f"{where} failed during the step ({type(e).__name__}: {first}); "
                               "the step was aborted and its queues closed; the original TF "
                               "error is chained as __cause__") from e
-        return self.captured.pack_outputs(out)
 
     def _after_failure(self) -> None:
         """The pipeline's channels may still hold the failed step's items: trace the step
@@ -236,7 +276,7 @@ class Executor:
             return None
         nodes = {n.name: n for n in self.graph_def.node}
         for name in re.findall(r"\{\{node ([^}]+)\}\}", message):
-            node = nodes.get(name[len("tfplace/"):] if name.startswith("tfplace/") else name)
+            node = nodes.get(re.sub(r"^tfplace(_step\d+)?/", "", name))
             if node is None:
                 continue
             stage = next((s for s in pipe.stages if node.device in s.devices), None)

@@ -81,20 +81,23 @@ def make_data(tf, batch: int, seed: int = 0):
     return x, y
 
 
-def timed(call, steps: int, warmup: int, pids: tuple = ()) -> tuple[list[float], list[float],
-                                                                     list[float]]:
-    """Step times, losses, and CPU ms per timed step of this process and of each of ``pids``."""
+def timed(call, steps: int, warmup: int, pids: tuple = (), per_call: int = 1
+          ) -> tuple[list[float], list[float], list[float]]:
+    """Step times, losses, and CPU ms per timed step of this process and of each of ``pids``.
+    ``call`` runs ``per_call`` steps and returns the last loss; each of its steps is counted
+    at the call's time / per_call, and ``steps`` is rounded up to whole calls."""
     losses = []
-    for _ in range(warmup):
+    for _ in range(-(-warmup // per_call)):
         losses.append(float(call()))
     times = []
+    calls = -(-steps // per_call)
     cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
-    for _ in range(steps):
+    for _ in range(calls):
         t = time.perf_counter()
         losses.append(float(call()))
-        times.append(time.perf_counter() - t)
+        times += [(time.perf_counter() - t) / per_call] * per_call
     cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
-    return times, losses, [(b - a) * 1e3 / steps for a, b in zip(cpu0, cpu1)]
+    return times, losses, [(b - a) * 1e3 / len(times) for a, b in zip(cpu0, cpu1)]
 
 
 def emit(obj: dict) -> None:
@@ -106,12 +109,13 @@ def measure(a: argparse.Namespace, call, pids: tuple = (), index: int = 0
     """``timed`` over --steps; with --control (interleaved), warm up and then time the blocks of
     steps the parent asks for, until it says stop: all blocks' step times, the losses, and the
     CPU ms per step of this process and of ``pids`` over the blocks."""
+    k = a.steps_per_execution
     if not a.control:
-        return timed(call, a.steps, a.warmup, pids)
-    losses = [float(call()) for _ in range(a.warmup)]
+        return timed(call, a.steps, a.warmup, pids, per_call=k)
+    losses = [float(call()) for _ in range(-(-a.warmup // k))]
 
     def block(n: int) -> dict:
-        times, more, cpu = timed(call, n, 0, pids)
+        times, more, cpu = timed(call, n, 0, pids, per_call=k)
         losses.extend(more)
         return {"times": times, "cpu_ms": cpu, "index": index}
 
@@ -154,7 +158,10 @@ def child_tfplace(a: argparse.Namespace) -> None:
         step(x, y)
         setup = time.perf_counter() - t0
         pids = tuple(p.pid for p in cluster._launcher.procs)  # noqa: SLF001 - for CPU accounting
-        times, losses, cpu = measure(a, lambda: step(x, y).numpy(), pids)
+        k = a.steps_per_execution
+        times, losses, cpu = measure(a, (lambda: step(x, y).numpy()) if k == 1 else
+                                     (lambda: step.run([(x, y)] * k, steps_per_execution=k)[-1]
+                                      .numpy()), pids)
         plan = step.plan
         sync = plan.sync
         emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -185,8 +192,14 @@ def child_plain(a: argparse.Namespace) -> None:
         opt.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    @tf.function
+    def train_steps(x, y):
+        for _ in range(a.steps_per_execution):
+            loss = train_step(x, y)
+        return loss
+
     x, y = make_data(tf, a.batch)
-    times, losses, cpu = measure(a, lambda: train_step(x, y).numpy())
+    times, losses, cpu = measure(a, lambda: train_steps(x, y).numpy())
     emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
           "global_batch": a.batch, "cpu_ms": {"proc": cpu[0]}})
 
@@ -217,8 +230,11 @@ def child_mwms(a: argparse.Namespace) -> None:
 
     @tf.function
     def train_step(x, y):
-        per_replica = strategy.run(replica_step, args=(x, y))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # --steps-per-execution K: K steps in one call, as Keras' steps_per_execution does
+        for _ in range(a.steps_per_execution):
+            per_replica = strategy.run(replica_step, args=(x, y))
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        return loss
 
     # each worker its own shard of the global batch (worker i gets rows i*B:(i+1)*B)
     gx, gy = make_data(tf, global_batch)
@@ -255,7 +271,10 @@ def child_horovod(a: argparse.Namespace) -> None:
                                data_parallel="auto", sync_backend="horovod")
     n = step.data_parallel
     x, y = make_data(tf, a.batch * n)                     # the global batch, on every rank
-    times, losses, cpu = measure(a, lambda: step(x, y).numpy(), index=rank)
+    k = a.steps_per_execution
+    times, losses, cpu = measure(a, (lambda: step(x, y).numpy()) if k == 1 else
+                                 (lambda: step.run([(x, y)] * k, steps_per_execution=k)[-1]
+                                  .numpy()), index=rank)
     checksum = float(sum(tf.reduce_sum(tf.cast(v, tf.float64)).numpy()
                          for v in model.trainable_variables))
     emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -316,7 +335,8 @@ def _collect_horovod(common: list[str], timeout: float) -> list[dict]:
 
 
 def run_config(cfg: dict, a: argparse.Namespace) -> dict:
-    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch)]
+    common = ["--steps", str(a.steps), "--warmup", str(a.warmup), "--batch", str(a.batch),
+              "--steps-per-execution", str(cfg.get("k", 1))]
     if cfg["kind"] == "tfplace":
         p = _spawn(["--child", "tfplace", "--workers", str(cfg["workers"]), "--sync",
                     cfg.get("sync", "ring"), "--writeback", cfg.get("writeback", "step"), *common],
@@ -374,7 +394,8 @@ def run_sequential(configs: list[dict], a: argparse.Namespace, t_start: float
 
 def start_group(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
     """The configuration's processes, set up and warmed up, waiting for blocks (--control)."""
-    common = ["--warmup", str(a.warmup), "--batch", str(a.batch)]
+    common = ["--warmup", str(a.warmup), "--batch", str(a.batch),
+              "--steps-per-execution", str(cfg.get("k", 1))]
     label = cfg["name"].replace(" ", "_")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     if cfg["kind"] in ("tfplace", "plain"):
@@ -500,6 +521,10 @@ def main() -> None:
                     help="interleaved: blocks of --block-steps steps per configuration")
     ap.add_argument("--block-steps", type=int, default=10)
     ap.add_argument("--control", help=argparse.SUPPRESS)
+    ap.add_argument("--steps-per-execution", default="1",
+                    help="steps per call, a comma list (each K its own rows): tfplace's "
+                         "step.run(steps_per_execution=K), K strategy.run steps in one "
+                         "tf.function for MWMS, K steps in one tf.function for plain")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64, help="per-worker batch")
     ap.add_argument("--rounds", type=int, default=2)
@@ -516,6 +541,7 @@ def main() -> None:
                     help="start another round only if it should end within this many seconds")
     a = ap.parse_args()
     if a.child:
+        a.steps_per_execution = int(a.steps_per_execution)
         {"tfplace": child_tfplace, "mwms": child_mwms, "plain": child_plain,
          "horovod": child_horovod}[a.child](a)
         return
@@ -525,15 +551,19 @@ def main() -> None:
         signal.signal(sig, lambda *_: (_kill_children(), sys.exit(1)))
 
     syncs = [s for s in a.syncs.split(",") if s]
-    configs = [{"name": "tfplace 1w", "kind": "tfplace", "workers": 1}]
-    configs += [{"name": f"tfplace 2w {s}", "kind": "tfplace", "workers": 2, "sync": s}
-                for s in syncs]
-    if a.interop2:
-        configs += [{"name": "tfplace 2w auto io2", "kind": "tfplace", "workers": 2,
-                     "sync": "auto", "env": {"TF_NUM_INTEROP_THREADS": "2"}}]
-    configs += [{"name": "MWMS 2w ring", "kind": "mwms"}]
-    if not a.no_horovod and horovodrun():
-        configs += [{"name": "tfplace horovod 2 ranks", "kind": "horovod"}]
+    ks = [int(k) for k in str(a.steps_per_execution).split(",") if k]
+    configs: list[dict] = []
+    for k in ks:
+        sfx = f" K={k}" if ks != [1] else ""
+        configs += [{"name": f"tfplace 1w{sfx}", "kind": "tfplace", "workers": 1, "k": k}]
+        configs += [{"name": f"tfplace 2w {s}{sfx}", "kind": "tfplace", "workers": 2, "sync": s,
+                     "k": k} for s in syncs]
+        if a.interop2:
+            configs += [{"name": f"tfplace 2w auto io2{sfx}", "kind": "tfplace", "workers": 2,
+                         "sync": "auto", "env": {"TF_NUM_INTEROP_THREADS": "2"}, "k": k}]
+        configs += [{"name": f"MWMS 2w ring{sfx}", "kind": "mwms", "k": k}]
+        if not a.no_horovod and horovodrun():
+            configs += [{"name": f"tfplace horovod 2 ranks{sfx}", "kind": "horovod", "k": k}]
     if not a.no_diagnostics:
         configs += [{"name": "tfplace 1w manual-wb", "kind": "tfplace", "workers": 1,
                      "writeback": "manual"},
@@ -545,7 +575,8 @@ def main() -> None:
            "order" if a.sequential else
            f"{a.warmup} warm-up steps, then {a.blocks} blocks of {a.block_steps} timed steps per "
            "configuration, interleaved")
-    print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, {how}; "
+    print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, {how}, "
+          f"steps per call K in {ks}; "
           f"python {sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, "
           f"load avg {load:.2f}", flush=True)
     t_start = time.perf_counter()
@@ -568,8 +599,11 @@ def main() -> None:
     def eps(name: str) -> float:
         return extra[name]["global_batch"] / statistics.median(samples[name])
 
-    base = eps("tfplace 1w")
-    mwms = eps("MWMS 2w ring")
+    sfxs = {k: (f" K={k}" if ks != [1] else "") for k in ks}
+    base = eps(f"tfplace 1w{sfxs[ks[0]]}")
+    peers = [f"MWMS 2w ring{sfxs[k]}" for k in ks]
+    best_peer = max(peers, key=eps)
+    mwms = eps(best_peer)
     print()
     print(f"{'config':<28} {'global batch':>12} {'step ms':>8} {'examples/s':>11} "
           f"{'vs 1w':>6} {'vs MWMS':>8}  CPU ms/step by process (mean of "
@@ -579,32 +613,40 @@ def main() -> None:
         print(f"{n:<28} {extra[n]['global_batch']:>12} "
               f"{statistics.median(samples[n]) * 1e3:>8.1f} {eps(n):>11.0f} "
               f"{eps(n) / base:>5.2f}x {eps(n) / mwms:>7.2f}x  "
-              + " ".join(f"{k} {statistics.mean(c[k] for c in cpu_rounds[n]):.0f}"
-                         for k in cpu_rounds[n][0]))
+              + " ".join(f"{c_k} {statistics.mean(c[c_k] for c in cpu_rounds[n]):.0f}"
+                         for c_k in cpu_rounds[n][0]))
+    print(f"(vs 1w: against {configs[0]['name']}; vs MWMS: against the faster MWMS row, "
+          f"{best_peer})")
     print()
     for s in syncs:
-        r = extra[f"tfplace 2w {s}"]
+        r = extra[f"tfplace 2w {s}{sfxs[ks[0]]}"]
         print(f"tfplace 2w sync={s!r}: plan chose {r['sync_method']}; reason: {r['reason']}")
-    for name in ("MWMS 2w ring", "tfplace horovod 2 ranks"):
+    for name in [*peers, *(f"tfplace horovod 2 ranks{sfxs[k]}" for k in ks)]:
         if name in extra:
             m = extra[name]
             print(f"{name}: ranks' weights agree after training: {m['workers_agree']} "
                   f"(checksums {m['checksums'][0]:.6f}, {m['checksums'][1]:.6f})")
     tested = "ring" if "ring" in syncs else syncs[0]
-    ring = eps(f"tfplace 2w {tested}")
+
+    def paired(num: str, den: str) -> str:
+        rs = [(extra[num]["global_batch"] / x) / (extra[den]["global_batch"] / y)
+              for x, y in zip(blocks[num], blocks[den])]
+        q = statistics.quantiles(rs, n=4)
+        return (f"median {statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, "
+                f"range {min(rs):.2f}-{max(rs):.2f}x")
     if blocks:
-        def paired(num: str, den: str) -> str:
-            rs = [(extra[num]["global_batch"] / x) / (extra[den]["global_batch"] / y)
-                  for x, y in zip(blocks[num], blocks[den])]
-            q = statistics.quantiles(rs, n=4)
-            return (f"median {statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, "
-                    f"range {min(rs):.2f}-{max(rs):.2f}x")
-        print(f"paired by block (block i of one against block i of the other, taken seconds "
-              f"apart at most):")
-        print(f"  tfplace 2w {tested} / tfplace 1w: {paired(f'tfplace 2w {tested}', 'tfplace 1w')}")
-        print(f"  tfplace 2w {tested} / MWMS 2w:    {paired(f'tfplace 2w {tested}', 'MWMS 2w ring')}")
-    checks = [(ring / base >= 1.7, f"tfplace 2w {tested} >= 1.7x tfplace 1w ({ring / base:.2f}x)"),
-              (ring / mwms >= 1.0, f"tfplace 2w {tested} >= 1.0x MWMS 2w ({ring / mwms:.2f}x)")]
+        print("paired by block (block i of one against block i of the other, taken seconds "
+              "apart at most):")
+    checks = []
+    for k in ks:
+        ours, one = f"tfplace 2w {tested}{sfxs[k]}", f"tfplace 1w{sfxs[k]}"
+        if blocks:
+            print(f"  {ours} / {one}: {paired(ours, one)}")
+            print(f"  {ours} / {best_peer}: {paired(ours, best_peer)}")
+        checks += [(eps(ours) / eps(one) >= 1.7,
+                    f"{ours} >= 1.7x {one} ({eps(ours) / eps(one):.2f}x)"),
+                   (eps(ours) / mwms >= 1.0,
+                    f"{ours} >= 1.0x {best_peer} ({eps(ours) / mwms:.2f}x)")]
     for ok, text in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"total {time.perf_counter() - t_start:.0f} s")

@@ -81,7 +81,7 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     trace = tmp_path / "out.json"
     out = run_cli("run", script, "--cluster", "local:4", "--data-parallel", "2", "--steps", "3",
                   "--batch-size", "16", "--placer", "single", "--fusion-bytes", "512",
-                  "--trace", str(trace))
+                  "--steps-per-execution", "2", "--trace", str(trace))
     assert out.returncode == 0, out.stderr
     losses = [float(v) for v in re.findall(r"^step \d+: loss (\S+)$", out.stdout, re.M)]
     assert len(losses) == 3 and losses[-1] < losses[0]

@@ -336,8 +336,9 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
                batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
                sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
                calibration: Any = None, pipeline: PipelineOptions | None = None,
-               splits: Any = None) -> list[float]:
+               splits: Any = None, steps_per_execution: int = 1) -> list[float]:
     """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
+    ``steps_per_execution`` steps go to the workers in one call (the last group may be shorter).
 
     ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
     replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
@@ -351,16 +352,29 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
         if replicas > 1:
             check_batch(batch_size, replicas, pipeline["micro_batches"])
         parts = replicas * pipeline["micro_batches"]
+    if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+        raise PlanError(f"steps_per_execution={steps_per_execution!r}: give a whole number "
+                        ">= 1 of steps per call")
     captured, example = _capture_for_run(source, batch_size, parts)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,
                       fusion_bytes=fusion_bytes, pipeline=pipeline, splits=splits)
     if not trace:
-        return [_scalar_loss(ex(*example)) for _ in range(steps)]
+        return _train(ex, example, steps, steps_per_execution)
     from tfplace.runtime.trace import trace_ops, write_trace
     with trace_ops(ex.graph_def) as recorded:
-        losses = [_scalar_loss(ex(*example)) for _ in range(steps)]
+        losses = _train(ex, example, steps, steps_per_execution)
     write_trace(recorded, trace)
+    return losses
+
+
+def _train(ex: Any, example: tuple, steps: int, per_call: int) -> list[float]:
+    losses: list[float] = []
+    while len(losses) < steps:
+        if per_call > 1 and steps - len(losses) >= per_call:
+            losses += [_scalar_loss(o) for o in ex.run_steps([(example, {})] * per_call)]
+        else:
+            losses.append(_scalar_loss(ex(*example)))
     return losses
 
 

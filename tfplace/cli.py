@@ -142,6 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
                             trace=args.trace, data_parallel=args.data_parallel,
                             pipeline=_pipeline_options(args), splits=args.splits or None,
+                            steps_per_execution=args.steps_per_execution,
                             **_sync_options(args), **_batch_option(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
@@ -271,6 +272,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", required=True, help=CLUSTER_HELP)
     p.add_argument("--placer", default=DEFAULT_PLACER, help=_placer_help())
     p.add_argument("--steps", type=int, default=5, help="training steps (default 5)")
+    p.add_argument("--steps-per-execution", type=int, default=1, metavar="K",
+                   help="steps sent to the workers in one call: one dispatch per K steps "
+                        "(default 1)")
     p.add_argument("--batch-size", type=int, help="(global) batch size")
     p.add_argument("--trace", help="write an op-level Chrome trace (JSON) of the steps here and "
                    "print the measured overlap of gradient sync with backward")

@@ -22,6 +22,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
@@ -99,6 +100,9 @@ def _stats(plane: Any, event: Any) -> dict[str, Any]:
     return out
 
 
+_COPY = re.compile(r"tfplace_step(\d+)/")
+
+
 def xspace_events(xspace: Any, devices: Mapping[str, str],
                   kinds: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Chrome trace events ("ph": "X", microseconds from the first op) for every kernel in an
@@ -107,11 +111,13 @@ def xspace_events(xspace: Any, devices: Mapping[str, str],
     A synchronous kernel is one event. An asynchronous one (a collective, a _Recv) is one
     event from launch to done, which includes waiting for its peers, on a lane of its own
     ("tid" >= 1000, "phase": "launch-to-done"); the collective's own execution, when TF
-    traces it, is a separate event on the collective_ops thread. ``args.step`` is TF's step id.
+    traces it, is a separate event on the collective_ops thread. ``args.step`` numbers the
+    training steps: TF's step id (one per call), and within a call that runs several steps
+    (``steps_per_execution``) the copy of the step the node belongs to ("tfplace_step2/...").
     """
     pids: dict[str, int] = {}
     events: list[dict[str, Any]] = []
-    step_ids: dict[int, int] = {}
+    step_ids: dict[tuple[int, int], int] = {}
 
     def emit(node: str, op: str, start_ps: int, dur_ps: int, tid: int, step: int | None,
              phase: str | None = None) -> None:
@@ -122,7 +128,9 @@ def xspace_events(xspace: Any, devices: Mapping[str, str],
         if kind:
             args["kind"] = kind
         if step is not None:
-            args["step"] = step_ids.setdefault(step, len(step_ids))
+            copy = _COPY.match(node)
+            key = (step, int(copy.group(1)) if copy else 0)
+            args["step"] = step_ids.setdefault(key, len(step_ids))
         if phase:
             args["phase"] = phase
         events.append({"name": node, "cat": kind or "op", "ph": "X", "pid": pid, "tid": tid,

@@ -71,6 +71,7 @@ from typing import Any, Mapping, Sequence
 
 from _procs import children as _children, cpu_seconds, kill_children as _kill_children  # noqa: E402
 from _procs import read_result  # noqa: E402
+from _blocks import Group, fifo, idle_cpu, scratch, serve, spawn  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -265,17 +266,29 @@ def child(a: argparse.Namespace) -> None:
         batches = _inputs(a, step, x, y)
         for _ in range(a.warmup):
             step(*next(batches)).numpy()
-        cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
-        times = []
-        for _ in range(a.steps):
-            xb, yb = next(batches)                  # the copy ahead overlaps the last step
-            t = time.perf_counter()
-            last = float(step(xb, yb))
-            times.append(time.perf_counter() - t)
-        cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
-        cpu = {name: (c1 - c0) * 1e3 / a.steps for name, c0, c1 in
-               zip(["client"] + [f"w{i}" for i in range(len(pids))], cpu0, cpu1)}
-        out: dict[str, Any] = {"times": times, "first_loss": first, "last_loss": last,
+        names = ["client"] + [f"w{i}" for i in range(len(pids))]
+        losses = [first]
+
+        def block(n: int) -> dict:
+            cpu0 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+            times = []
+            for _ in range(n):
+                xb, yb = next(batches)              # the copy ahead overlaps the last step
+                t = time.perf_counter()
+                losses.append(float(step(xb, yb)))
+                times.append(time.perf_counter() - t)
+            cpu1 = [cpu_seconds()] + [cpu_seconds(p) for p in pids]
+            return {"times": times, "cpu_ms": {k: (c1 - c0) * 1e3 / n for k, c0, c1 in
+                                               zip(names, cpu0, cpu1)}}
+        if a.control:                               # interleaved: blocks until "stop"
+            blocks = serve(a.control, block, emit, [os.getpid(), *pids])
+            times = [t for b in blocks for t in b["times"]]
+            cpu = {k: sum(b["cpu_ms"][k] * len(b["times"]) for b in blocks) / len(times)
+                   for k in names}
+        else:
+            r = block(a.steps)
+            times, cpu = r["times"], r["cpu_ms"]
+        out: dict[str, Any] = {"times": times, "first_loss": first, "last_loss": losses[-1],
                                "setup_s": setup, "cpu_ms": cpu}
         pipe = step.plan.pipeline if a.stages > 1 else None
         if pipe is not None:
@@ -370,13 +383,98 @@ def _spawn(args: list[str]) -> subprocess.Popen:
     return p
 
 
-def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
-    args = ["--child", "--workers", str(cfg["workers"]), "--stages", str(cfg["stages"]),
+def _child_args(cfg: dict, a: argparse.Namespace, trace_steps: int) -> list[str]:
+    return ["--child", "--workers", str(cfg["workers"]), "--stages", str(cfg["stages"]),
             "--schedule", cfg.get("schedule", "gpipe"), "--micro", str(a.micro),
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
             "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers),
             "--writeback", a.writeback, "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
+
+
+def run_interleaved(configs: list[dict], a: argparse.Namespace
+                    ) -> tuple[dict, dict, dict, dict]:
+    """Every configuration set up at once, then --blocks blocks of --block-steps timed steps
+    per configuration in turn (alternating order); then each one, alone, traces its
+    --trace-steps steps. Per config: step times, CPU ms per step (one dict, the mean over
+    blocks), the final result, and the per-block medians."""
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    cpu_rows: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    medians: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    results: dict[str, dict] = {}
+    background: list[float] = []
+    with scratch() as directory:
+        groups = []
+        for cfg in configs:
+            t = time.perf_counter()
+            label = cfg["name"].replace(" ", "_").replace("(", "").replace(")", "")
+            ctl = fifo(directory, label)
+            p, err = spawn([sys.executable, HERE, *_child_args(cfg, a, a.trace_steps),
+                            "--control", ctl], dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                           _children, directory, label)
+            g = Group(cfg["name"], [p], [ctl], 1, RESULT, [err])
+            g.ready(a.timeout)
+            groups.append(g)
+            print(f"  set up {cfg['name']:<24} ({time.perf_counter() - t:.0f} s)", flush=True)
+        for b in range(a.blocks):
+            for g in groups if b % 2 == 0 else groups[::-1]:
+                others = idle_cpu(groups, g, cpu_seconds)
+                t = time.perf_counter()
+                g.send(f"run {a.block_steps}")
+                r = g.wait(a.timeout)[0]
+                background.append(others() / (time.perf_counter() - t))
+                samples[g.name] += r["times"]
+                medians[g.name].append(statistics.median(r["times"]))
+                cpu_rows[g.name].append(r["cpu_ms"])
+        for g in groups:                            # each traces alone, then exits
+            g.send("stop")
+            results[g.name] = g.wait(a.timeout)[0]
+            g.close()
+        for p in list(_children):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        _kill_children()
+    print(f"  {a.blocks} blocks of {a.block_steps} steps per configuration, taken in turn; the "
+          f"idle configurations' processes used at most {max(background) * 1e3:.0f} ms of CPU "
+          f"per second of a block (median {statistics.median(background) * 1e3:.0f})")
+    for cfg in configs:
+        print(f"  {cfg['name']:<24} block medians (ms): "
+              + " ".join(f"{m * 1e3:.0f}" for m in medians[cfg["name"]]), flush=True)
+    cpu = {n: [{k: statistics.mean(c[k] for c in rows) for k in rows[0]}]
+           for n, rows in cpu_rows.items()}
+    return samples, cpu, results, medians
+
+
+def run_sequential(configs: list[dict], a: argparse.Namespace) -> tuple[dict, dict, dict]:
+    """Each configuration in fresh processes, one after another, --rounds times; the first
+    round traces."""
+    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
+    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
+    results: dict[str, dict] = {}
+    for rnd in range(a.rounds):
+        order = configs if rnd % 2 == 0 else configs[::-1]
+        for cfg in order:
+            t = time.perf_counter()
+            r = run_config(cfg, a, a.trace_steps if rnd == 0 else 0)
+            samples[cfg["name"]] += r["times"]
+            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
+            results.setdefault(cfg["name"], r)
+            if "trace" in r:
+                results[cfg["name"]]["trace"] = r["trace"]
+            med = statistics.median(r["times"])
+            print(f"  round {rnd + 1} {cfg['name']:<24} median step {med * 1e3:7.1f} ms  "
+                  f"{a.batch / med:7.0f} ex/s  loss {r['first_loss']:.4f}->{r['last_loss']:.4f}"
+                  f"  cpu ms/step " + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
+                  + f"  load {os.getloadavg()[0]:.2f}  ({time.perf_counter() - t:.0f} s)",
+                  flush=True)
+
+    return samples, cpu_rounds, results
+
+
+def run_config(cfg: dict, a: argparse.Namespace, trace_steps: int) -> dict:
+    args = _child_args(cfg, a, trace_steps)
     p = _spawn(args)
     try:
         out, err = p.communicate(timeout=a.timeout)
@@ -457,15 +555,24 @@ def main() -> None:
     ap.add_argument("--rounds", type=int,
                     help="(3: one round in the VM's slow two-core mode then cannot move a "
                          "median by itself)")
-    ap.add_argument("--trace-steps", type=int, help="profiled steps, first round only (5)")
+    ap.add_argument("--trace-steps", type=int, help="profiled steps (5); --sequential: in the "
+                    "first round only")
+    ap.add_argument("--sequential", action="store_true",
+                    help="the older method: each configuration in fresh processes, one after "
+                         "another, --rounds rounds of --steps steps (instead of interleaved "
+                         "blocks)")
+    ap.add_argument("--blocks", type=int, help="interleaved: blocks per configuration (10)")
+    ap.add_argument("--block-steps", type=int, help="interleaved: steps per block (3)")
+    ap.add_argument("--control", help=argparse.SUPPRESS)
     ap.add_argument("--trace-dir", default="/tmp/tfplace_pipeline_trace")
     ap.add_argument("--timeout", type=float, default=300.0, help="per configuration, seconds")
     ap.add_argument("--quick", action="store_true",
                     help="defaults for a smoke run: 1 round, 6 steps, 2 warm-up, width 256, "
                          "2 traced steps (options given explicitly still win)")
     a = ap.parse_args()
-    preset = dict(rounds=1, steps=6, warmup=2, width=256, trace_steps=2) if a.quick else \
-        dict(rounds=3, steps=15, warmup=5, width=512, trace_steps=5)
+    preset = dict(rounds=1, steps=6, warmup=2, width=256, trace_steps=2, blocks=2,
+                  block_steps=3) if a.quick else \
+        dict(rounds=3, steps=15, warmup=5, width=512, trace_steps=5, blocks=10, block_steps=3)
     for key, value in preset.items():
         if getattr(a, key) is None:
             setattr(a, key, value)
@@ -484,36 +591,25 @@ def main() -> None:
     params = a.in_width * a.width + (a.layers - 1) * a.width * a.width + a.layers * a.width
     print(f"pipeline: MLP {a.in_width} -> {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M "
           f"params, SGD, MSE), "
-          f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, {a.steps} timed "
-          f"steps after {a.warmup} warm-up, {a.rounds} round(s) alternating order; python "
+          f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, "
+          + (f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating "
+             "order" if a.sequential else f"{a.warmup} warm-up steps, then {a.blocks} blocks of "
+             f"{a.block_steps} timed steps per configuration, interleaved")
+          + "; python "
           f"{sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, load avg "
           + " ".join(f"{v:.2f}" for v in os.getloadavg()), flush=True)
     print("pinning: launch_local pins worker i to core i; the client is not pinned", flush=True)
-    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
-    results: dict[str, dict] = {}
     t_start = time.perf_counter()
-    for rnd in range(a.rounds):
-        order = configs if rnd % 2 == 0 else configs[::-1]
-        for cfg in order:
-            t = time.perf_counter()
-            r = run_config(cfg, a, a.trace_steps if rnd == 0 else 0)
-            samples[cfg["name"]] += r["times"]
-            cpu_rounds[cfg["name"]].append(r["cpu_ms"])
-            results.setdefault(cfg["name"], r)
-            if "trace" in r:
-                results[cfg["name"]]["trace"] = r["trace"]
-            med = statistics.median(r["times"])
-            print(f"  round {rnd + 1} {cfg['name']:<24} median step {med * 1e3:7.1f} ms  "
-                  f"{a.batch / med:7.0f} ex/s  loss {r['first_loss']:.4f}->{r['last_loss']:.4f}"
-                  f"  cpu ms/step " + " ".join(f"{k} {v:.0f}" for k, v in r["cpu_ms"].items())
-                  + f"  load {os.getloadavg()[0]:.2f}  ({time.perf_counter() - t:.0f} s)",
-                  flush=True)
+    medians: dict[str, list[float]] = {}
+    if a.sequential:
+        samples, cpu_rounds, results = run_sequential(configs, a)
+    else:
+        samples, cpu_rounds, results, medians = run_interleaved(configs, a)
 
     base = a.batch / statistics.median(samples[configs[0]["name"]])
     print()
     print(f"{'config':<24} {'step ms':>8} {'examples/s':>11} {'vs 1w':>6}  "
-          "CPU ms/step by process (mean of rounds)")
+          f"CPU ms/step by process (mean of {'rounds' if a.sequential else 'blocks'})")
     for cfg in configs:
         n = cfg["name"]
         eps = a.batch / statistics.median(samples[n])
@@ -543,6 +639,13 @@ def main() -> None:
     for cfg in configs[1:]:
         eps = a.batch / statistics.median(samples[cfg["name"]])
         checks.append((eps / base >= 1.5, f"{cfg['name']} >= 1.5x 1 worker ({eps / base:.2f}x)"))
+        if medians:
+            rs = [one / two for one, two in zip(medians[configs[0]["name"]],
+                                                medians[cfg["name"]])]
+            q = statistics.quantiles(rs, n=4)
+            print(f"paired by block, {cfg['name']} / 1 worker: median "
+                  f"{statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, range "
+                  f"{min(rs):.2f}-{max(rs):.2f}x")
     w1 = statistics.mean(c["w0"] for c in cpu_rounds[configs[0]["name"]])
     for cfg in configs[1:]:
         busiest = max(statistics.mean(c[w] for c in cpu_rounds[cfg["name"]]) for w in ("w0", "w1"))

@@ -631,7 +631,7 @@ def main() -> None:
     def paired(num: str, den: str) -> str:
         rs = [(extra[num]["global_batch"] / x) / (extra[den]["global_batch"] / y)
               for x, y in zip(blocks[num], blocks[den])]
-        q = statistics.quantiles(rs, n=4)
+        q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
         return (f"median {statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, "
                 f"range {min(rs):.2f}-{max(rs):.2f}x")
     if blocks:

@@ -240,7 +240,7 @@ def child(a: argparse.Namespace) -> None:
     try:
         import keras
         import tensorflow as tf
-        model = build_model(keras, a.width, a.layers, a.in_width)
+        model = build_model(keras, a.width, a.layers, a.in_width, a.out_width)
         opt = keras.optimizers.SGD(1e-3)
         loss_fn = keras.losses.MeanSquaredError()
 
@@ -259,7 +259,7 @@ def child(a: argparse.Namespace) -> None:
         else:
             step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
                                        writeback=a.writeback)
-        x, y = (tf.constant(v) for v in make_data(a.width, a.batch, a.in_width))
+        x, y = (tf.constant(v) for v in make_data(a.width, a.batch, a.in_width, a.out_width))
         first = float(step(x, y))
         setup = time.perf_counter() - t0
         pids = [p.pid for p in cluster._launcher.procs]     # noqa: SLF001 - CPU accounting
@@ -389,7 +389,8 @@ def _child_args(cfg: dict, a: argparse.Namespace, trace_steps: int) -> list[str]
             "--steps", str(a.steps), "--warmup", str(a.warmup), "--width", str(a.width),
             "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers),
             "--writeback", a.writeback, "--input", a.input,
-            "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir]
+            "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir,
+            *(["--out-width", str(a.out_width)] if a.out_width else [])]
 
 
 def run_interleaved(configs: list[dict], a: argparse.Namespace
@@ -546,6 +547,8 @@ def main() -> None:
     ap.add_argument("--in-width", type=int,
                     help="input features (3/2 x width: the first layer, which has no input "
                          "gradient, then costs what every other layer costs)")
+    ap.add_argument("--out-width", type=int,
+                    help="width of the last layer (default: --width)")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
@@ -588,8 +591,11 @@ def main() -> None:
     configs = [{"name": "1 worker (no pipeline)", "workers": 1, "stages": 1},
                {"name": f"2w gpipe M={a.micro}", "workers": 2, "stages": 2, "schedule": "gpipe"},
                {"name": f"2w 1f1b M={a.micro}", "workers": 2, "stages": 2, "schedule": "1f1b"}]
-    params = a.in_width * a.width + (a.layers - 1) * a.width * a.width + a.layers * a.width
-    print(f"pipeline: MLP {a.in_width} -> {a.layers} x Dense({a.width}) ({params / 1e6:.1f}M "
+    out = a.out_width or a.width
+    params = (a.in_width * a.width + (a.layers - 2) * a.width * a.width + a.width * out
+              + (a.layers - 1) * a.width + out)
+    last = f", the last {out} wide" if out != a.width else ""
+    print(f"pipeline: MLP {a.in_width} -> {a.layers} x Dense({a.width}{last}) ({params / 1e6:.1f}M "
           f"params, SGD, MSE), "
           f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, "
           + (f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating "
@@ -642,7 +648,7 @@ def main() -> None:
         if medians:
             rs = [one / two for one, two in zip(medians[configs[0]["name"]],
                                                 medians[cfg["name"]])]
-            q = statistics.quantiles(rs, n=4)
+            q = statistics.quantiles(rs, n=4) if len(rs) > 1 else [rs[0]] * 3
             print(f"paired by block, {cfg['name']} / 1 worker: median "
                   f"{statistics.median(rs):.2f}x, quartiles {q[0]:.2f}-{q[2]:.2f}x, range "
                   f"{min(rs):.2f}-{max(rs):.2f}x")

@@ -10,7 +10,7 @@ from tfplace.errors import ClusterError, PlanError
 from tfplace.plan import Plan
 
 __all__ = ["parallelize", "ParallelFunction", "plan_captured", "rewrite_captured", "compile_step",
-           "load_source", "run_source", "pipeline_options"]
+           "load_source", "pipeline_options"]
 
 
 class PipelineOptions(TypedDict, total=False):
@@ -330,79 +330,3 @@ def load_source(source: str, *, signature: str | None = None, batch_size: int = 
     """Capture a CLI SOURCE: a .pb/.pbtxt GraphDef, a SavedModel directory, or file.py:name."""
     from tfplace.sources import load_source as _load
     return _load(source, signature=signature, batch_size=batch_size)
-
-
-def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: int = 5,
-               batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
-               sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
-               calibration: Any = None, pipeline: PipelineOptions | None = None,
-               splits: Any = None, steps_per_execution: int = 1) -> list[float]:
-    """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
-    ``steps_per_execution`` steps go to the workers in one call (the last group may be shorter).
-
-    ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
-    replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
-    the steps there, with the measured sync/backward overlap (``runtime.trace``). With a
-    ``pipeline`` the step is captured on one micro-batch."""
-    from tfplace.pipeline_replicas import check_batch, replica_total
-    pipeline = pipeline_options(pipeline)
-    replicas = replica_total(cluster, data_parallel, pipeline, sync_backend)
-    parts = replicas
-    if pipeline is not None:                      # one micro-batch of one replica
-        if replicas > 1:
-            check_batch(batch_size, replicas, pipeline["micro_batches"])
-        parts = replicas * pipeline["micro_batches"]
-    if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
-        raise PlanError(f"steps_per_execution={steps_per_execution!r}: give a whole number "
-                        ">= 1 of steps per call")
-    captured, example = _capture_for_run(source, batch_size, parts)
-    ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
-                      data_parallel=replicas, sync=sync, sync_backend=sync_backend,
-                      fusion_bytes=fusion_bytes, pipeline=pipeline, splits=splits)
-    if not trace:
-        return _train(ex, example, steps, steps_per_execution)
-    from tfplace.runtime.trace import trace_ops, write_trace
-    with trace_ops(ex.graph_def) as recorded:
-        losses = _train(ex, example, steps, steps_per_execution)
-    write_trace(recorded, trace)
-    return losses
-
-
-def _train(ex: Any, example: tuple, steps: int, per_call: int) -> list[float]:
-    losses: list[float] = []
-    while len(losses) < steps:
-        if per_call > 1 and steps - len(losses) >= per_call:
-            losses += [_scalar_loss(o) for o in ex.run_steps([(example, {})] * per_call)]
-        else:
-            losses.append(_scalar_loss(ex(*example)))
-    return losses
-
-
-def _capture_for_run(source: str, batch_size: int, replicas: int) -> tuple[Captured, tuple]:
-    """The captured step (on one replica's share of the batch) and the GLOBAL example args."""
-    from tfplace.sources import example_args, load_object, load_source as _load
-    bare = PlanError(f"{source!r} is a bare graph; `tfplace run` needs FILE.py:NAME")
-    if replicas == 1 or ":" not in source.rpartition("/")[2]:
-        captured = _load(source, batch_size=batch_size)
-        if not captured.example:
-            raise bare
-        return captured, captured.example
-    from tfplace.capture import capture_keras_train_step
-    from tfplace.data_parallel import shard_args
-    from tfplace.replicas import split_batch
-    split_batch(batch_size, replicas)                 # a readable error before any tracing
-    module, obj = load_object(source)
-    args = example_args(module, source.rpartition(":")[2], obj, batch_size)
-    (shard, _kw), _ = shard_args((args, {}), replicas)
-    if hasattr(obj, "train_step") and hasattr(obj, "optimizer"):
-        return capture_keras_train_step(obj, shard[0]), args
-    return capture(obj, shard), args
-
-
-def _scalar_loss(out: Any) -> float:
-    import numpy as np
-    if isinstance(out, dict):
-        out = out.get("loss", next(iter(out.values())))
-    if isinstance(out, (list, tuple)):
-        out = out[0]
-    return float(np.asarray(out).reshape(-1)[0])

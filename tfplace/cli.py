@@ -138,7 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not cluster.is_remote:                        # logical devices exist only if made first
             from tfplace.runtime.devices import configure_local_devices
             configure_local_devices(len(cluster.devices))
-        from tfplace.api import run_source
+        from tfplace.runner import run_source
         losses = run_source(args.source, cluster, placer=args.placer, steps=args.steps,
                             trace=args.trace, data_parallel=args.data_parallel,
                             pipeline=_pipeline_options(args), splits=args.splits or None,

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import queue
+import statistics
 import subprocess
 import tempfile
 import threading
 import time
 from typing import Any, Callable
 
-__all__ = ["serve", "Group", "fifo", "spawn", "idle_cpu", "scratch"]
+__all__ = ["serve", "Group", "fifo", "spawn", "idle_cpu", "scratch", "interleave"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,3 +155,50 @@ def idle_cpu(groups: list[Group], running: Group, cpu_seconds: Callable[[int], f
 
 def scratch() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="tfplace_bench_")
+
+
+def interleave(starts: list[tuple[str, Callable[[str], Group]]], *, blocks: int,
+               block_steps: int, timeout: float, children: list[subprocess.Popen],
+               kill: Callable[[], None], cpu_seconds: Callable[[int], float], width: int
+               ) -> tuple[dict[str, list[list[dict]]], dict[str, list[dict]]]:
+    """Set up every group (``start(directory)``, waited for in turn), then ``blocks`` rounds
+    of ``run block_steps`` to each group in alternating order, then ``stop`` to each in turn
+    (a child may still trace alone then). Returns per group name its blocks' messages and its
+    final messages (sorted by "index"). Prints the set-up times and the idle groups' CPU."""
+    runs: dict[str, list[list[dict]]] = {name: [] for name, _start in starts}
+    finals: dict[str, list[dict]] = {}
+    background: list[float] = []
+    with scratch() as directory:
+        groups = []
+        for name, start in starts:
+            t = time.perf_counter()
+            g = start(directory)
+            g.ready(timeout)
+            groups.append(g)
+            print(f"  set up {name:<{width}} ({time.perf_counter() - t:.0f} s)", flush=True)
+        per_group = [sum(cpu_seconds(pid) for pid in g.pids) for g in groups]
+        time.sleep(3.0)
+        print("  idle CPU while waiting for a block (ms per s): " + ", ".join(
+            f"{g.name} {(sum(cpu_seconds(pid) for pid in g.pids) - c) / 3.0 * 1e3:.0f}"
+            for g, c in zip(groups, per_group)), flush=True)
+        for b in range(blocks):
+            for g in groups if b % 2 == 0 else groups[::-1]:
+                others = idle_cpu(groups, g, cpu_seconds)
+                t = time.perf_counter()
+                g.send(f"run {block_steps}")
+                runs[g.name].append(g.wait(timeout))
+                background.append(others() / (time.perf_counter() - t))
+        for g in groups:
+            g.send("stop")
+            finals[g.name] = sorted(g.wait(timeout), key=lambda r: r.get("index", 0))
+            g.close()
+        for p in list(children):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        kill()
+    print(f"  {blocks} blocks of {block_steps} steps per configuration, taken in turn; the idle "
+          f"configurations' processes used at most {max(background) * 1e3:.0f} ms of CPU per "
+          f"second of a block (median {statistics.median(background) * 1e3:.0f})", flush=True)
+    return runs, finals

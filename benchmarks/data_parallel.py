@@ -47,7 +47,7 @@ import sys
 import time
 from _procs import children as _children, free_port as _free_port  # noqa: E402
 from _procs import cpu_seconds, kill_children as _kill_children, pin_process, read_result  # noqa: E402
-from _blocks import Group, fifo, idle_cpu, scratch, serve, spawn  # noqa: E402
+from _blocks import Group, fifo, interleave, serve, spawn  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -446,62 +446,26 @@ def run_interleaved(configs: list[dict], a: argparse.Namespace) -> tuple[dict, d
     """Every configuration set up at once, then --blocks rounds of --block-steps timed steps per
     configuration, in turn (alternating order). Returns per config: step times, final result,
     CPU ms per step by process (one dict: the mean over blocks), and per-block medians."""
-    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    cpu_rounds: dict[str, list[dict]] = {c["name"]: [] for c in configs}
-    block_medians: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    extra: dict[str, dict] = {}
-    background: list[float] = []
-    with scratch() as directory:
-        groups = []
-        for cfg in configs:
-            t = time.perf_counter()
-            g = start_group(cfg, a, directory)
-            g.ready(a.timeout)
-            groups.append(g)
-            print(f"  set up {cfg['name']:<28} ({time.perf_counter() - t:.0f} s)", flush=True)
-        by_name = {g.name: cfg for g, cfg in zip(groups, configs)}
-        before = [sum(cpu_seconds(pid) for pid in g.pids) for g in groups]
-        time.sleep(3.0)
-        print("  idle CPU while waiting for a block (ms per s): " + ", ".join(
-            f"{g.name} {(sum(cpu_seconds(pid) for pid in g.pids) - c) / 3.0 * 1e3:.0f}"
-            for g, c in zip(groups, before)), flush=True)
-        for b in range(a.blocks):
-            for g in groups if b % 2 == 0 else groups[::-1]:
-                others = idle_cpu(groups, g, cpu_seconds)
-                t = time.perf_counter()
-                g.send(f"run {a.block_steps}")
-                rs = g.wait(a.timeout)
-                background.append(others() / (time.perf_counter() - t))
-                steps = _block_steps(rs)
-                samples[g.name] += steps
-                block_medians[g.name].append(statistics.median(steps))
-                cpu_rounds[g.name].append(_cpu_names(by_name[g.name], rs))
-        for g in groups:
-            g.send("stop")
-            finals = sorted(g.wait(a.timeout), key=lambda r: r.get("index", 0))
-            g.close()
-            r = dict(finals[0])
-            if len(finals) == 2:
-                c0, c1 = finals[0]["checksum"], finals[1]["checksum"]
-                r.update(workers_agree=abs(c0 - c1) <= 1e-6 * max(1.0, abs(c0)),
-                         checksums=[c0, c1])
-            extra[g.name] = r
-        for p in list(_children):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_children()
-    mean_cpu = {n: [{k: statistics.mean(c[k] for c in rows) for k in rows[0]}]
-                for n, rows in cpu_rounds.items()}
-    print(f"  {a.blocks} blocks of {a.block_steps} steps per configuration, taken in turn; the "
-          f"idle configurations' processes used at most {max(background) * 1e3:.0f} ms of CPU "
-          f"per second of a block (median {statistics.median(background) * 1e3:.0f})")
+    runs, finals = interleave(
+        [(cfg["name"], lambda d, cfg=cfg: start_group(cfg, a, d)) for cfg in configs],
+        blocks=a.blocks, block_steps=a.block_steps, timeout=a.timeout, children=_children,
+        kill=_kill_children, cpu_seconds=cpu_seconds, width=28)
+    samples, cpu, block_medians, extra = {}, {}, {}, {}
     for cfg in configs:
         n = cfg["name"]
+        steps = [_block_steps(rs) for rs in runs[n]]
+        samples[n] = [t for block in steps for t in block]
+        block_medians[n] = [statistics.median(block) for block in steps]
+        rows = [_cpu_names(cfg, rs) for rs in runs[n]]
+        cpu[n] = [{k: statistics.mean(row[k] for row in rows) for k in rows[0]}]
+        r = dict(finals[n][0])
+        if len(finals[n]) == 2:
+            c0, c1 = finals[n][0]["checksum"], finals[n][1]["checksum"]
+            r.update(workers_agree=abs(c0 - c1) <= 1e-6 * max(1.0, abs(c0)), checksums=[c0, c1])
+        extra[n] = r
         print(f"  {n:<28} block medians (ms): "
               + " ".join(f"{m * 1e3:.0f}" for m in block_medians[n]), flush=True)
-    return samples, extra, mean_cpu, block_medians
+    return samples, extra, cpu, block_medians
 
 
 def main() -> None:

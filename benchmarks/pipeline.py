@@ -71,7 +71,7 @@ from typing import Any, Mapping, Sequence
 
 from _procs import children as _children, cpu_seconds, kill_children as _kill_children  # noqa: E402
 from _procs import read_result  # noqa: E402
-from _blocks import Group, fifo, idle_cpu, scratch, serve, spawn  # noqa: E402
+from _blocks import Group, fifo, interleave, serve, spawn  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -393,58 +393,35 @@ def _child_args(cfg: dict, a: argparse.Namespace, trace_steps: int) -> list[str]
             *(["--out-width", str(a.out_width)] if a.out_width else [])]
 
 
+def _start(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
+    """The configuration's child, set up and warmed up, waiting for blocks (--control)."""
+    label = cfg["name"].replace(" ", "_").replace("(", "").replace(")", "")
+    ctl = fifo(directory, label)
+    p, err = spawn([sys.executable, HERE, *_child_args(cfg, a, a.trace_steps), "--control", ctl],
+                   dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), _children, directory, label)
+    return Group(cfg["name"], [p], [ctl], 1, RESULT, [err])
+
+
 def run_interleaved(configs: list[dict], a: argparse.Namespace
                     ) -> tuple[dict, dict, dict, dict]:
     """Every configuration set up at once, then --blocks blocks of --block-steps timed steps
     per configuration in turn (alternating order); then each one, alone, traces its
     --trace-steps steps. Per config: step times, CPU ms per step (one dict, the mean over
     blocks), the final result, and the per-block medians."""
-    samples: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    cpu_rows: dict[str, list[dict]] = {c["name"]: [] for c in configs}
-    medians: dict[str, list[float]] = {c["name"]: [] for c in configs}
-    results: dict[str, dict] = {}
-    background: list[float] = []
-    with scratch() as directory:
-        groups = []
-        for cfg in configs:
-            t = time.perf_counter()
-            label = cfg["name"].replace(" ", "_").replace("(", "").replace(")", "")
-            ctl = fifo(directory, label)
-            p, err = spawn([sys.executable, HERE, *_child_args(cfg, a, a.trace_steps),
-                            "--control", ctl], dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                           _children, directory, label)
-            g = Group(cfg["name"], [p], [ctl], 1, RESULT, [err])
-            g.ready(a.timeout)
-            groups.append(g)
-            print(f"  set up {cfg['name']:<24} ({time.perf_counter() - t:.0f} s)", flush=True)
-        for b in range(a.blocks):
-            for g in groups if b % 2 == 0 else groups[::-1]:
-                others = idle_cpu(groups, g, cpu_seconds)
-                t = time.perf_counter()
-                g.send(f"run {a.block_steps}")
-                r = g.wait(a.timeout)[0]
-                background.append(others() / (time.perf_counter() - t))
-                samples[g.name] += r["times"]
-                medians[g.name].append(statistics.median(r["times"]))
-                cpu_rows[g.name].append(r["cpu_ms"])
-        for g in groups:                            # each traces alone, then exits
-            g.send("stop")
-            results[g.name] = g.wait(a.timeout)[0]
-            g.close()
-        for p in list(_children):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_children()
-    print(f"  {a.blocks} blocks of {a.block_steps} steps per configuration, taken in turn; the "
-          f"idle configurations' processes used at most {max(background) * 1e3:.0f} ms of CPU "
-          f"per second of a block (median {statistics.median(background) * 1e3:.0f})")
+    runs, finals = interleave(
+        [(cfg["name"], lambda d, cfg=cfg: _start(cfg, a, d)) for cfg in configs],
+        blocks=a.blocks, block_steps=a.block_steps, timeout=a.timeout, children=_children,
+        kill=_kill_children, cpu_seconds=cpu_seconds, width=24)
+    samples, cpu, results, medians = {}, {}, {}, {}
     for cfg in configs:
-        print(f"  {cfg['name']:<24} block medians (ms): "
-              + " ".join(f"{m * 1e3:.0f}" for m in medians[cfg["name"]]), flush=True)
-    cpu = {n: [{k: statistics.mean(c[k] for c in rows) for k in rows[0]}]
-           for n, rows in cpu_rows.items()}
+        n = cfg["name"]
+        blocks = [rs[0] for rs in runs[n]]
+        samples[n] = [t for b in blocks for t in b["times"]]
+        medians[n] = [statistics.median(b["times"]) for b in blocks]
+        cpu[n] = [{k: statistics.mean(b["cpu_ms"][k] for b in blocks) for k in blocks[0]["cpu_ms"]}]
+        results[n] = finals[n][0]
+        print(f"  {n:<24} block medians (ms): "
+              + " ".join(f"{m * 1e3:.0f}" for m in medians[n]), flush=True)
     return samples, cpu, results, medians
 
 

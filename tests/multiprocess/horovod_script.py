@@ -97,13 +97,15 @@ def keras_check(kind):
 
 
 def cli_check(script):
-    """`tfplace run --sync-backend horovod` on every rank: the plain run's losses."""
+    """`tfplace run --sync-backend horovod --steps-per-execution 2` on every rank (2 copies of
+    the step per call, each with its own Horovod ops): the plain run's losses."""
     import contextlib
     import io
     import re
     from tfplace.cli import main
     losses = []
-    for extra in ([], ["--data-parallel", "auto", "--sync-backend", "horovod"]):
+    for extra in ([], ["--data-parallel", "auto", "--sync-backend", "horovod",
+                       "--steps-per-execution", "2"]):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             code = main(["run", f"{script}:train_step", "--cluster", "local:1", "--placer",

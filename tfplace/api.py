@@ -10,7 +10,7 @@ from tfplace.errors import ClusterError, PlanError
 from tfplace.plan import Plan
 
 __all__ = ["parallelize", "ParallelFunction", "plan_captured", "rewrite_captured", "compile_step",
-           "load_source", "pipeline_options"]
+           "load_source", "pipeline_options", "check_steps_per_execution"]
 
 
 class PipelineOptions(TypedDict, total=False):
@@ -217,9 +217,7 @@ class ParallelFunction:
         call instead of per step (as Keras' ``steps_per_execution``). The steps are the same
         sequential steps as calling the step on each batch. A last, shorter group runs one
         step per call. Returns each step's outputs, in order."""
-        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
-            raise PlanError(f"steps_per_execution={steps_per_execution!r}: give a whole number "
-                            ">= 1 of steps per call")
+        check_steps_per_execution(steps_per_execution)
         out: list[Any] = []
         group: list[tuple[tuple, dict]] = []
         for batch in batches:
@@ -271,6 +269,12 @@ class ParallelFunction:
     def refresh(self) -> None:
         for ex in self._executors.values():
             ex.refresh()
+
+
+def check_steps_per_execution(k: Any) -> None:
+    """A PlanError unless ``k`` is a whole number of steps per call (>= 1)."""
+    if not isinstance(k, int) or k < 1:
+        raise PlanError(f"steps_per_execution={k!r}: give a whole number >= 1 of steps per call")
 
 
 def pipeline_options(options: Any = None, **kwargs: Any) -> PipelineOptions | None:

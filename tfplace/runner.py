@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfplace.api import PipelineOptions, compile_step, pipeline_options
+from tfplace.api import PipelineOptions, check_steps_per_execution, compile_step, pipeline_options
 from tfplace.capture import Captured, capture
 from tfplace.cluster import Cluster
 from tfplace.errors import PlanError
@@ -31,9 +31,7 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
         if replicas > 1:
             check_batch(batch_size, replicas, pipeline["micro_batches"])
         parts = replicas * pipeline["micro_batches"]
-    if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
-        raise PlanError(f"steps_per_execution={steps_per_execution!r}: give a whole number "
-                        ">= 1 of steps per call")
+    check_steps_per_execution(steps_per_execution)
     captured, example = _capture_for_run(source, batch_size, parts)
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,

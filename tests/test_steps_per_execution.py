@@ -44,7 +44,7 @@ def test_steps_per_call_match_single_device(options, per_call, local4):
         np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
     ex = pstep.executor
     # STEPS // per_call calls of the K-step function; a shorter last group ran step by step
-    assert list(ex._multi) == [per_call]                     # noqa: SLF001
+    assert list(ex._multi) == [(per_call, "whole")]  # noqa: SLF001
 
 
 def test_embedding_sparse_gradients_several_steps_per_call(local4):
@@ -71,7 +71,7 @@ def test_keras_steps_per_execution_goes_through_one_call(local4):
     hist = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
         np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
-    assert list(cb.executor._multi) == [2]                    # noqa: SLF001
+    assert list(cb.executor._multi) == [(2, "whole")]  # noqa: SLF001
     assert np.isfinite(hist.history["loss"]).all()
 
 

@@ -255,12 +255,24 @@ class ParallelFunction:
 
     def prefetch(self, dataset: Any, buffer_size: int = 2) -> Any:
         """An iterator over ``dataset`` (a tf.data.Dataset of this step's arguments) whose
-        batches are prefetched onto the device that reads the input (a pipeline's first
-        stage); the step is compiled on the first batch."""
+        batches are prefetched onto the devices that read them: a pipeline's first stage; with
+        data parallelism, each replica's share of the batch onto the replica's own device (each
+        worker reads its share itself; the step takes the yielded per-replica values as they
+        are). The step is compiled on the first batch."""
         from tfplace.runtime.prefetch import input_device, to_device
         first = next(iter(dataset.take(1)))
         args = first if isinstance(first, tuple) else (first,)
-        return to_device(dataset, input_device(self._executor(args, {})), buffer_size)
+        ex = self._executor(args, {})
+        names = ex.per_replica_inputs()
+        if names is not None and len(names) == len(args):
+            from tfplace.runtime.per_replica import split_dataset
+            devices = [d or group[0] for d, group in zip(ex.replica_input_devices(),
+                                                          ex.plan.replicas)]
+            it = split_dataset(dataset, [len(g) > 1 for g in names], devices,
+                               [a.shape for a in args], buffer_size)
+            if it is not None:
+                return it
+        return to_device(dataset, input_device(ex), buffer_size)
 
     def write_back(self) -> None:
         for ex in self._executors.values():

@@ -33,4 +33,28 @@ def test_grpc_several_steps_per_call_match_single_device(workers2):
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-7)
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
         np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
-    assert list(pstep.executor._multi) == [3]                  # noqa: SLF001
+    assert list(pstep.executor._multi) == [(3, "whole")]  # noqa: SLF001
+
+
+def test_grpc_prefetch_reads_each_share_on_its_worker(workers2):
+    """``step.prefetch(dataset)``: each worker reads its replicas' shares itself, inside the
+    step (2 replicas, one per worker; 3 steps, then 2 in one call)."""
+    import numpy as np
+    import tensorflow as tf
+    parts = [models.data("mlp", seed=i) for i in range(5)]
+    ds = tf.data.Dataset.from_tensor_slices(
+        tuple(np.concatenate([p[k] for p in parts]) for k in (0, 1))).batch(16)
+    (ref_model, ref_step), (model, step) = models.twin("mlp")
+    ref_losses = [float(ref_step(x, y)) for x, y in ds]
+    pstep = tfplace.parallelize(step, cluster=workers2, placer="single",
+                                data_parallel=2, sync="ring")
+    it = pstep.prefetch(ds)
+    losses = [float(pstep(*next(it))) for _ in range(3)]
+    losses += [float(v) for v in pstep.run(it, steps_per_execution=2)]
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-7)
+    for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+    fn = pstep.executor._multi[2, "lazy"]                    # noqa: SLF001
+    reads = sorted(op.device.split("/device:")[0] for op in fn.graph.get_operations()
+                   if op.type == "IteratorGetNext")
+    assert reads == ["/job:worker/replica:0/task:0"] * 2 + ["/job:worker/replica:0/task:1"] * 2

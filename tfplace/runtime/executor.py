@@ -9,6 +9,7 @@ from tfplace.rewrite.repeat import step_copy
 from tfplace.runtime.devices import prepare
 from tfplace.runtime.graph_import import import_graph_def as tf_import
 from tfplace.runtime.live import live
+from tfplace.runtime.per_replica import PerReplica, flatten_shares, lazy_source
 
 __all__ = ["Executor", "WRITEBACK_MODES"]
 
@@ -122,6 +123,7 @@ class Executor:
         # the pipeline's channels outlive a step: after a failed one they may hold its items
         self._channels = any(n.name.startswith("tfplace_pipeline/queue/")
                              for n in graph_def.node)
+        self._split: tuple[Any, tuple[tuple[str, ...], ...]] | None = None   # per_replica_inputs
         self._trace()
 
     def _trace(self) -> None:
@@ -129,7 +131,8 @@ class Executor:
         # plain Python around import_graph_def: autograph would only cost conversion time
         self._fn = tf.function(self._body, input_signature=self._input_specs(), autograph=False)
         self._call = self._fn.get_concrete_function()    # traced once; no per-call dispatch
-        self._multi: dict[int, Any] = {}                 # k -> k steps in one call
+        # (k, "whole" | "shares" | "lazy") -> k steps in one call (see _function)
+        self._multi: dict[tuple[int, str], Any] = {}
 
     def _add_shard(self, node: Any, captured: Captured) -> None:
         """A variable on the placeholder's device holding its slice of the user's variable."""
@@ -152,12 +155,14 @@ class Executor:
         else:                                           # another replica's copy of shard i
             self.shard_copies.append((node.name, orig, axis, index, count))
 
-    def _input_specs(self) -> list[Any]:
-        """The arguments' specs, read off the rewritten graph (global shapes after replication)."""
+    def _input_specs(self, split: bool = False) -> list[Any]:
+        """The arguments' specs, read off the rewritten graph (global shapes after replication;
+        ``split``: one per replica's share of each split input, see ``per_replica_inputs``)."""
         import tensorflow as tf
-        nodes = {n.name: n for n in self.graph_def.node}
+        graph_def, names = (self._split if split else (self.graph_def, self.captured.inputs))
+        nodes = {n.name: n for n in graph_def.node}
         specs = []
-        for name in self.captured.inputs:
+        for name in (n for group in names for n in group) if split else names:
             attr = nodes[name].attr
             shape = None if attr["shape"].shape.unknown_rank else \
                 [d.size if d.size >= 0 else None for d in attr["shape"].shape.dim]
@@ -173,15 +178,20 @@ class Executor:
     def _body(self, *flat: Any) -> list[Any]:
         return self._body_steps(1, *flat)
 
-    def _body_steps(self, k: int, *flat: Any) -> list[Any]:
+    def _body_steps(self, k: int, *flat: Any, split: bool = False, source: Any = None
+                    ) -> list[Any]:
         """``k`` copies of the step imported one after another (copy j on the j-th share of
         ``flat``); automatic control dependencies order each copy's reads of a variable after
         the previous copy's writes, so they run as k sequential steps. The outputs of every
         copy, in order; with writeback "step", the copies back to the user's variables after
-        the last."""
+        the last. ``split``: the per-replica graph, each split input fed one tensor per replica;
+        ``source`` (``per_replica.Shares``): ``flat`` is its iterators, each copy reads the
+        replicas' next elements itself."""
         import tensorflow as tf
         g = tf.compat.v1.get_default_graph()
         c = self.captured
+        live_def, inputs = (self._split[0], [n for group in self._split[1] for n in group]) \
+            if split else (self._live, list(c.inputs))
         shared = {}
         for node, _orig, placed in self.pairs:
             shared[f"{node}:0"] = g.capture(placed.handle)
@@ -190,14 +200,19 @@ class Executor:
         for node, token in self.tokens:
             shared[f"{node}:0"] = g.capture(token.handle)
         wanted = list(c.outputs) + self._consumers
-        n_in = len(c.inputs)
+        n_in = len(inputs)
         outputs: list[Any] = []
         got: list[Any] = []
         for j in range(k):
             input_map = dict(shared)
-            input_map.update({f"{name}:0": t for name, t in
-                              zip(c.inputs, flat[j * n_in:(j + 1) * n_in])})
-            graph_def = self._live if j == 0 else step_copy(self._live, j)
+            if source is not None:
+                got = source.get_next(flat)
+                step_in = [got[r][i] for i, group in enumerate(self._split[1])
+                           for r in range(len(group))]
+            else:
+                step_in = list(flat[j * n_in:(j + 1) * n_in])
+            input_map.update({f"{name}:0": t for name, t in zip(inputs, step_in)})
+            graph_def = live_def if j == 0 else step_copy(live_def, j)
             got = tf_import(graph_def, input_map=input_map, return_elements=wanted,
                             name="tfplace" if j == 0 else f"tfplace_step{j}")
             outputs += list(got[:len(c.outputs)])
@@ -221,20 +236,74 @@ class Executor:
         k = len(batches)
         if k == 1:
             return [self(*batches[0][0], **batches[0][1])]
-        if k not in self._multi:
-            specs = self._input_specs() * k
-            fn = tf.function(lambda *flat: self._body_steps(k, *flat), input_signature=specs,
-                             autograph=False)
-            self._multi[k] = fn.get_concrete_function()
-        flat = [t for args, kwargs in batches for t in self.captured.flatten_inputs(args, kwargs)]
-        out = self._run(self._multi[k], flat)
+        flats = [self.captured.flatten_inputs(args, kwargs) for args, kwargs in batches]
+        split = any(isinstance(t, PerReplica) for t in flats[0])
+        shares = [self._per_replica_flat(f) for f in flats] if split else flats
+        source = lazy_source(flats[0]) if split else None
+        if source is not None:
+            if any(lazy_source(f) is not source for f in flats):
+                raise GraphError("the per-replica batches of one call must come from one "
+                                 "step.prefetch(dataset)")
+            flat = shares[0]                         # the iterators; each copy reads them
+        else:
+            flat = [t for f in shares for t in f]
+        out = self._run(self._function(k, split, source), flat)
         n = len(self.captured.outputs)
         return [self.captured.pack_outputs(list(out[j * n:(j + 1) * n]) if n else [])
                 for j in range(k)]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.captured.pack_outputs(
-            self._run(self._call, self.captured.flatten_inputs(args, kwargs)))
+        flat = self.captured.flatten_inputs(args, kwargs)
+        if any(isinstance(t, PerReplica) for t in flat):
+            shares = self._per_replica_flat(flat)
+            fn = self._function(1, True, lazy_source(flat))
+            return self.captured.pack_outputs(self._run(fn, shares))
+        return self.captured.pack_outputs(self._run(self._call, flat))
+
+    def per_replica_inputs(self) -> tuple[tuple[str, ...], ...] | None:
+        """Per argument of the step, the placeholders of the per-replica graph that take it:
+        one per replica for an input the replication pass splits, itself for one every replica
+        reads whole; None when no input is split (one replica, a pipeline, Horovod)."""
+        if self._split is None:
+            from tfplace.rewrite import presplit
+            if self.plan.pipeline is not None or self.plan.num_replicas < 2 or not any(
+                    presplit.split_of(self._live, n) for n in self.captured.inputs):
+                return None
+            self._split = presplit.apply(self._live, self.captured.inputs)
+        return self._split[1]
+
+    def replica_input_devices(self) -> list[str]:
+        """Each replica's device for its share of the batch ("" where the plan leaves it to
+        TF); [] when no input is split."""
+        names = self.per_replica_inputs() or ()
+        group = next((g for g in names if len(g) > 1), ())
+        nodes = {n.name: n for n in self._split[0].node} if group and self._split else {}
+        return [nodes[n].device for n in group]
+
+    def _function(self, k: int, split: bool, source: Any) -> Any:
+        """The concrete function of ``k`` steps per call (traced on first use): on whole
+        arguments, on per-replica shares (``split``), or reading ``source``'s iterators."""
+        import tensorflow as tf
+        if k == 1 and not split:
+            return self._call
+        mode = "lazy" if source is not None else "shares" if split else "whole"
+        if (k, mode) not in self._multi:
+            if source is not None:
+                specs = [tf.TensorSpec([], tf.resource)] * len(source.iterators)
+            else:
+                specs = self._input_specs(split) * k
+            fn = tf.function(lambda *flat: self._body_steps(k, *flat, split=split,
+                                                            source=source),
+                             input_signature=specs, autograph=False)
+            self._multi[k, mode] = fn.get_concrete_function()
+        return self._multi[k, mode]
+
+    def _per_replica_flat(self, flat: Sequence[Any]) -> list[Any]:
+        names = self.per_replica_inputs()
+        if names is None:
+            raise GraphError("this step's batch is not split across replicas; call it with "
+                             "whole tensors, not per-replica ones")
+        return flatten_shares(flat, names, self.captured.inputs)
 
     def _run(self, call: Any, flat: list[Any]) -> Any:
         """``call(*flat)``, with a lost worker or a failed pipeline stage made a tfplace error."""

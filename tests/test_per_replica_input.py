@@ -1,0 +1,142 @@
+"""Per-replica input (``step.prefetch(dataset)`` on a data-parallel step): each replica reads
+its own share of every batch on its own device, inside the step, and the training equals the
+single-device step on the whole batches to 1e-5."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import models
+import tfplace
+from tfplace.errors import GraphError
+
+STEPS = 5
+
+
+def _dataset(kind: str, n: int = STEPS, batch: int = 16):
+    import tensorflow as tf
+    parts = [models.data(kind, batch=batch, seed=i) for i in range(n)]
+    xs, ys = (np.concatenate([p[k] for p in parts]) for k in (0, 1))
+    return tf.data.Dataset.from_tensor_slices((xs, ys)).batch(batch)
+
+
+def _check(ref_model, ref_losses, model, losses):
+    np.testing.assert_allclose([float(v) for v in losses], ref_losses, rtol=1e-5, atol=1e-7)
+    assert ref_losses[-1] < ref_losses[0]
+    for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind,replicas,sync,per_call", [
+    ("mlp", 4, "ring", 1), ("mlp", 2, "ps", 2), ("embedding", 2, "ring", 1),
+    ("cnn", 4, "hierarchical", 1)], ids=["mlp-ring-4", "mlp-ps-2-K2", "embedding", "cnn-hier"])
+def test_prefetch_reads_each_share_on_its_replica(kind, replicas, sync, per_call, local4):
+    from tfplace.runtime.per_replica import PerReplica
+    ds = _dataset(kind)
+    (ref_model, ref_step), (model, step) = models.twin(kind)
+    ref_losses = [float(ref_step(x, y)) for x, y in ds]
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=replicas,
+                                sync=sync)
+    batches = list(pstep.prefetch(ds))
+    assert len(batches) == STEPS
+    x, y = batches[0]
+    assert isinstance(x, PerReplica) and isinstance(y, PerReplica)
+    assert x.source is not None                      # read inside the step, not here
+    assert list(x.devices) == [g[0] for g in pstep.plan.replicas]
+    assert tuple(x.shape) == (16, *models.data(kind)[0].shape[1:])
+    if per_call == 1:
+        losses = [pstep(*b) for b in batches]
+    else:
+        losses = pstep.run(batches, steps_per_execution=per_call)
+    _check(ref_model, ref_losses, model, losses)
+    ex = pstep.executor
+    modes = {mode for _k, mode in ex._multi}          # noqa: SLF001
+    assert modes == {"lazy"}
+    # every replica's IteratorGetNext runs on that replica's device
+    fn = ex._multi[per_call, "lazy"]                  # noqa: SLF001
+    reads = sorted(op.device for op in fn.graph.get_operations()
+                   if op.type == "IteratorGetNext")
+    assert reads == sorted([g[0] for g in pstep.plan.replicas] * per_call)
+
+
+def test_unknown_length_reads_shares_one_step_ahead(local4):
+    """A dataset whose length TF does not know (a filter): the shares are read here, as tensors
+    already on the replicas' devices, and the end is found."""
+    from tfplace.runtime.per_replica import PerReplica
+    ds = _dataset("mlp").filter(lambda x, y: True)
+    (ref_model, ref_step), (model, step) = models.twin("mlp")
+    ref_losses = [float(ref_step(x, y)) for x, y in ds]
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                sync="ring")
+    losses = []
+    for x, y in pstep.prefetch(ds):
+        assert isinstance(x, PerReplica) and x.source is None
+        assert [v.device for v in x.values] == [g[0] for g in pstep.plan.replicas]
+        losses.append(pstep(x, y))
+    assert len(losses) == STEPS
+    _check(ref_model, ref_losses, model, losses)
+
+
+def test_a_dataset_that_cannot_move_is_split_by_the_step(local4):
+    """A Python generator cannot be rebuilt on a replica's device: whole batches, as without
+    prefetch, and the same numbers."""
+    import tensorflow as tf
+    parts = [models.data("mlp", seed=i) for i in range(STEPS)]
+    ds = tf.data.Dataset.from_generator(
+        lambda: iter(parts), output_signature=(tf.TensorSpec((16, 12), tf.float32),
+                                               tf.TensorSpec((16, 4), tf.float32)))
+    (ref_model, ref_step), (model, step) = models.twin("mlp")
+    ref_losses = [float(ref_step(x, y)) for x, y in parts]
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                sync="ring")
+    losses = []
+    for x, y in pstep.prefetch(ds):
+        assert isinstance(x, tf.Tensor)
+        losses.append(pstep(x, y))
+    _check(ref_model, ref_losses, model, losses)
+
+
+def test_per_replica_arguments_must_fit_the_step(local4):
+    import tensorflow as tf
+    from tfplace.runtime.per_replica import PerReplica
+    (_m, step), (_m2, step2) = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                sync="ring")
+    x, y = (tf.constant(v) for v in models.data("mlp"))
+    pstep(x, y)
+    halves = [PerReplica([x[:8], x[8:]]), PerReplica([y[:8], y[8:]])]
+    pstep(*halves)                                     # eager shares: accepted
+    thirds = PerReplica([x[:4], x[4:8], x[8:12], x[12:]])
+    with pytest.raises(GraphError, match="split across 2 replicas but the call gave 4 shares"):
+        pstep(PerReplica([x[:4], x[4:8], x[8:12], x[12:]]), PerReplica([y[:4], y[4:8], y[8:12],
+                                                                        y[12:]]))
+    with pytest.raises(GraphError, match="gave one tensor"):
+        pstep(halves[0], y)
+    single = tfplace.parallelize(step2, cluster=local4, placer="single")
+    single(x, y)
+    with pytest.raises(GraphError, match="not split across replicas"):
+        single(PerReplica([x]), PerReplica([y]))
+    assert thirds.count == 4
+
+
+def test_presplit_pass_replaces_the_split_by_placeholders(local4):
+    import tensorflow as tf
+    from tfplace.rewrite import presplit
+    (_m, step), _twin = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=4,
+                                sync="ring")
+    x, y = (tf.constant(v) for v in models.data("mlp"))
+    pstep(x, y)
+    ex = pstep.executor
+    gd, names = presplit.apply(ex.graph_def, ex.captured.inputs)
+    nodes = {n.name: n for n in gd.node}
+    assert all(len(g) == 4 for g in names)
+    for group in names:
+        for r, name in enumerate(group):
+            node = nodes[name]
+            assert node.op == "Placeholder" and not node.input
+            assert node.attr["shape"].shape.dim[0].size == 4           # 16 rows / 4 replicas
+    assert not any(n.op == "Split" and n.name.startswith(presplit.SPLIT_SCOPE) for n in gd.node)
+    assert not set(ex.captured.inputs) & set(nodes)                  # the global inputs went
+    with pytest.raises(GraphError, match="nothing to feed per replica"):
+        presplit.apply(gd, [n for g in names for n in g])

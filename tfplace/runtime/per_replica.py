@@ -1,0 +1,208 @@
+"""Per-replica input: each data-parallel replica reads its own share of every batch on its own
+device, so the batch never passes through the calling process.
+
+``ParallelFunction.prefetch(dataset)`` on a data-parallel step: for replica r, the dataset's
+rows [r·B/R, (r+1)·B/R) of every batch-split argument (the replication pass's even split)
+are taken by ``dataset.map``; that dataset is serialised and rebuilt on replica r's device
+(``prefetch.on_worker``: a gRPC worker reads and prefetches its own share), and the iterator
+yields, per argument, a ``PerReplica`` of the replicas' shares (arguments every replica reads
+whole come from replica 0's iterator). The step, called on them, feeds each share straight to
+its replica (``rewrite.presplit``).
+
+    client:  step(x, y) -> dispatch only
+    worker r:  dataset -> rows of replica r -> prefetch -> tfplace_r{r}/x, tfplace_r{r}/y
+
+A dataset that cannot be serialised (a Python generator, an unseeded random op) is read here and
+split by the step, as without ``prefetch``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+__all__ = ["PerReplica", "Shares", "split_dataset", "flatten_shares", "lazy_source"]
+
+
+class PerReplica:
+    """One argument of a data-parallel step, already split across the replicas: either
+    ``values[r]``, replica r's share on replica r's device, or (``source``) component ``index``
+    of the next element of each replica's iterator, read inside the step itself, so that the
+    calling process only dispatches the step. ``shape`` and ``dtype`` are the global batch's."""
+
+    __slots__ = ("values", "source", "index", "_spec")
+
+    def __init__(self, values: Sequence[Any] = (), *, source: "Shares | None" = None,
+                 index: int = 0) -> None:
+        self.values, self.source, self.index = tuple(values), source, index
+        self._spec = source.specs[index] if source is not None else None
+
+    @property
+    def count(self) -> int:
+        return len(self.source.iterators) if self.source is not None else len(self.values)
+
+    @property
+    def dtype(self) -> Any:
+        return self._spec.dtype if self._spec is not None else self.values[0].dtype
+
+    @property
+    def shape(self) -> Any:
+        if self.source is not None:
+            return self.source.shapes[self.index]
+        first = self.values[0].shape
+        if first.rank is None or not first.rank or first[0] is None:
+            return first
+        return first.__class__([first[0] * self.count, *first[1:]])
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        if self.source is not None:
+            return tuple(self.source.devices)
+        return tuple(v.device for v in self.values)
+
+    def __repr__(self) -> str:
+        how = "read in the step" if self.source is not None else "on their devices"
+        return f"PerReplica({self.count} shares of {self.shape} {self.dtype.name}, {how})"
+
+
+class Shares:
+    """The replicas' iterators behind lazy ``PerReplica`` arguments: ``iterators[r]`` yields
+    replica r's element (``specs``, one per argument; ``split[i]`` says whether argument i is
+    split or read whole, from replica 0's element) on ``devices[r]``; ``shapes``: the global
+    batch's argument shapes (the first batch's, which the step was compiled for)."""
+
+    def __init__(self, iterators: Sequence[Any], devices: Sequence[str], specs: Sequence[Any],
+                 split: Sequence[bool], shapes: Sequence[Any]) -> None:
+        self.iterators, self.devices = list(iterators), list(devices)
+        self.specs, self.split, self.shapes = list(specs), list(split), list(shapes)
+
+    @property
+    def handles(self) -> list[Any]:
+        return [it._iterator_resource for it in self.iterators]  # noqa: SLF001 - the resource
+
+    def get_next(self, handles: Sequence[Any]) -> list[list[Any]]:
+        """Inside a step's function: each replica's next element, read on its device."""
+        import tensorflow as tf
+        out = []
+        for device, handle in zip(self.devices, handles):
+            with tf.device(device):
+                out.append(list(tf.raw_ops.IteratorGetNext(
+                    iterator=handle, output_types=[s.dtype for s in self.specs],
+                    output_shapes=[s.shape for s in self.specs])))
+        return out
+
+
+def flatten_shares(flat: Sequence[Any], names: Sequence[Sequence[str]],
+                   inputs: Sequence[str]) -> list[Any]:
+    """A call's flat arguments as the per-replica graph takes them (``presplit.apply``'s
+    ``names``): each split input's shares in replica order, each shared input whole."""
+    from tfplace.errors import GraphError
+    source = lazy_source(flat)
+    if source is not None:
+        if len(flat) != len(names) or any(
+                not isinstance(t, PerReplica) or t.source is not source or t.index != i
+                for i, t in enumerate(flat)):
+            raise GraphError("per-replica arguments read inside the step must be one whole "
+                             "batch of step.prefetch(dataset), in order")
+        if source.split != [len(g) > 1 for g in names] or len(source.iterators) != max(
+                len(g) for g in names):
+            raise GraphError("these per-replica batches were made for another step's split")
+        return source.handles
+    out: list[Any] = []
+    for i, (t, group) in enumerate(zip(flat, names)):
+        if len(group) == 1:
+            if isinstance(t, PerReplica):
+                raise GraphError(f"argument {i} ({inputs[i]!r}) is read whole by every "
+                                 "replica; pass one tensor, not per-replica shares")
+            out.append(t)
+        elif not isinstance(t, PerReplica) or t.count != len(group):
+            got = f"{t.count} shares" if isinstance(t, PerReplica) else "one tensor"
+            raise GraphError(f"argument {i} ({inputs[i]!r}) is split across {len(group)} "
+                             f"replicas but the call gave {got}; pass every argument from "
+                             "step.prefetch(dataset), or every one as a whole tensor")
+        else:
+            out += list(t.values)
+    return out
+
+
+def lazy_source(flat: Sequence[Any]) -> "Shares | None":
+    """The iterators a call's lazy per-replica arguments read from, or None."""
+    return next((t.source for t in flat if isinstance(t, PerReplica) and t.source is not None),
+                None)
+
+
+def split_dataset(dataset: Any, split: Sequence[bool], devices: Sequence[str],
+                  shapes: Sequence[Any], buffer_size: int = 2
+                  ) -> Iterator[tuple[Any, ...]] | None:
+    """Batches of ``dataset`` (elements: a tuple of the step's arguments, or one tensor) as
+    tuples with a ``PerReplica`` for each argument ``split[i]``, replica r's share read and
+    prefetched on ``devices[r]`` (``shapes``: the first batch's argument shapes); None when
+    the dataset cannot move to the devices. With a known length (or an endless dataset) the
+    step reads the shares itself (lazy ``PerReplica``s); otherwise they are read here, one
+    step ahead of the caller, as tensors on the replicas' devices."""
+    import tensorflow as tf
+    from tfplace.runtime.prefetch import on_worker
+    count = len(devices)
+    single = not isinstance(dataset.element_spec, tuple)
+
+    def share(r: int) -> Any:
+        def rows(*element: Any) -> Any:
+            out = tuple(_rows(t, r, count) if s else t for t, s in zip(element, split))
+            return out[0] if single else out
+        return dataset.map(rows)
+
+    iterators = []
+    for r, device in enumerate(devices):
+        moved = on_worker(share(r), device, buffer_size)
+        if moved is None:
+            return None
+        with tf.device(device):
+            iterators.append(iter(moved))
+    length = _length(dataset)
+    if length is None:              # the end must be asked for: read here, step by step
+        return _zip(iterators, split, length, single)
+    specs = share(0).element_spec
+    source = Shares(iterators, devices, [specs] if single else list(specs), split, shapes)
+    return _lazy(source, length)
+
+
+def _lazy(source: Shares, length: int) -> Iterator[tuple[Any, ...]]:
+    """``length`` batches (endless when negative) whose shares the step reads itself."""
+    done = 0
+    while length < 0 or done < length:
+        done += 1
+        yield tuple(PerReplica(source=source, index=i) for i in range(len(source.split)))
+
+
+def _rows(t: Any, r: int, count: int) -> Any:
+    """Replica r's rows of batch ``t``: the r-th of ``count`` equal slices along dim 0."""
+    import tensorflow as tf
+    n = tf.shape(t)[0] // count
+    return t[r * n:(r + 1) * n]
+
+
+def _length(dataset: Any) -> int | None:
+    """The number of batches, -1 for an endless dataset, None when TF does not know."""
+    import tensorflow as tf
+    n = int(dataset.cardinality())
+    if n == int(tf.data.INFINITE_CARDINALITY):
+        return -1
+    return None if n < 0 else n
+
+
+def _zip(iterators: Sequence[Any], split: Sequence[bool], length: int | None,
+         single: bool) -> Iterator[tuple[Any, ...]]:
+    """Every replica's next share, zipped. With a known length the end is counted; otherwise
+    it is asked for as an optional (a remote IteratorGetNext past the end leaves its error
+    pending in the eager executor)."""
+    done = 0
+    while length is None or length < 0 or done < length:
+        if length is None:
+            got = [it.get_next_as_optional() for it in iterators]
+            if not all(bool(g.has_value()) for g in got):
+                return
+            shares = [g.get_value() for g in got]
+        else:
+            shares = [next(it) for it in iterators]
+        done += 1
+        per = [(s,) if single else tuple(s) for s in shares]
+        yield tuple(PerReplica([p[i] for p in per]) if split[i] else per[0][i]
+                    for i in range(len(split)))

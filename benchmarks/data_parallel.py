@@ -28,8 +28,12 @@ each worker gets ``--batch`` examples, so the global batch is workers x batch.
   plain 1 core    (diagnostic) the same step as a plain tf.function in one process pinned to one
                   core: the compute floor a worker can reach
 
-The tfplace client process (the one that calls the step, splits the global batch and receives the
-loss and, with writeback="step", the variables) is not pinned and its CPU use is part of the cost.
+The tfplace client process (the one that calls the step and receives the loss and, with
+writeback="step", the variables) is not pinned and its CPU use is part of the cost. With
+``--input worker`` (the default) each tfplace worker reads its replica's rows of the batch itself,
+inside the step (``step.prefetch`` of a ``tf.data`` dataset of the batch, rebuilt on each worker),
+as each MWMS worker reads its local batch; ``--input client`` passes the global batch from the
+client at every step (the client then serves each worker's rows over gRPC).
 
 Targets: tfplace 2w (ring) >= 1.7x tfplace 1w;  tfplace 2w (ring) >= 1.0x MWMS 2w.
 """
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import functools
+import itertools
 import json
 import os
 import signal
@@ -154,14 +159,20 @@ def child_tfplace(a: argparse.Namespace) -> None:
         kw = {"data_parallel": a.workers, "sync": a.sync} if a.workers > 1 else {}
         step = tfplace.parallelize(train_step, cluster=cluster, placer="single",
                                    writeback=a.writeback, **kw)
-        x, y = make_data(tf, a.batch * a.workers)         # global batch, already on the client
+        x, y = make_data(tf, a.batch * a.workers)         # global batch, made on the client
         step(x, y)
+        k = a.steps_per_execution
+        if a.input == "worker":   # each worker reads its replica's rows itself, in the step
+            batches = step.prefetch(tf.data.Dataset.from_tensors((x, y)).repeat())
+            call = (lambda: step(*next(batches)).numpy()) if k == 1 else \
+                (lambda: step.run(itertools.islice(batches, k), steps_per_execution=k)[-1]
+                 .numpy())
+        else:                     # the global batch passed from the client at every step
+            call = (lambda: step(x, y).numpy()) if k == 1 else \
+                (lambda: step.run([(x, y)] * k, steps_per_execution=k)[-1].numpy())
         setup = time.perf_counter() - t0
         pids = tuple(p.pid for p in cluster._launcher.procs)  # noqa: SLF001 - for CPU accounting
-        k = a.steps_per_execution
-        times, losses, cpu = measure(a, (lambda: step(x, y).numpy()) if k == 1 else
-                                     (lambda: step.run([(x, y)] * k, steps_per_execution=k)[-1]
-                                      .numpy()), pids)
+        times, losses, cpu = measure(a, call, pids)
         plan = step.plan
         sync = plan.sync
         emit({"times": times, "first_loss": losses[0], "last_loss": losses[-1],
@@ -339,7 +350,8 @@ def run_config(cfg: dict, a: argparse.Namespace) -> dict:
               "--steps-per-execution", str(cfg.get("k", 1))]
     if cfg["kind"] == "tfplace":
         p = _spawn(["--child", "tfplace", "--workers", str(cfg["workers"]), "--sync",
-                    cfg.get("sync", "ring"), "--writeback", cfg.get("writeback", "step"), *common],
+                    cfg.get("sync", "ring"), "--writeback", cfg.get("writeback", "step"),
+                    "--input", a.input, *common],
                    env=dict(os.environ, **cfg.get("env", {})))
         r = _collect([p], a.timeout)[0]
         return {**r, "step_s": r["times"]}
@@ -403,7 +415,7 @@ def start_group(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
         args = ["--child", cfg["kind"], "--control", ctl, *common]
         if cfg["kind"] == "tfplace":
             args += ["--workers", str(cfg["workers"]), "--sync", cfg.get("sync", "ring"),
-                     "--writeback", cfg.get("writeback", "step")]
+                     "--writeback", cfg.get("writeback", "step"), "--input", a.input]
         p, err = spawn([sys.executable, HERE, *args], dict(env, **cfg.get("env", {})),
                        _children, directory, label)
         return Group(cfg["name"], [p], [ctl], 1, RESULT, [err])
@@ -474,6 +486,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--sync", default="ring")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
+    ap.add_argument("--input", default="worker", choices=["worker", "client"],
+                    help="tfplace rows: each worker reads its replica's rows of the batch "
+                         "itself, inside the step (step.prefetch of a dataset, as MWMS's "
+                         "workers read their local batch), or the client passes the global "
+                         "batch at every step (client)")
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--build-optimizer", action="store_true",
                     help="tfplace child: build the optimizer's slots before the first trace")
@@ -540,7 +557,9 @@ def main() -> None:
            f"{a.warmup} warm-up steps, then {a.blocks} blocks of {a.block_steps} timed steps per "
            "configuration, interleaved")
     print(f"data_parallel: CNN {{width 16, ~143k params}}, per-worker batch {a.batch}, {how}, "
-          f"steps per call K in {ks}; "
+          f"steps per call K in {ks}; tfplace input read "
+          + ("by each worker in the step" if a.input == "worker" else "from the client")
+          + "; "
           f"python {sys.version.split()[0]}, {len(os.sched_getaffinity(0))} cpus, "
           f"load avg {load:.2f}", flush=True)
     t_start = time.perf_counter()

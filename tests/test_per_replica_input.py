@@ -140,3 +140,21 @@ def test_presplit_pass_replaces_the_split_by_placeholders(local4):
     assert not set(ex.captured.inputs) & set(nodes)                  # the global inputs went
     with pytest.raises(GraphError, match="nothing to feed per replica"):
         presplit.apply(gd, [n for g in names for n in g])
+
+
+def test_one_replica_reads_the_whole_batch_where_the_step_reads_it(local4):
+    """Without data parallelism, prefetch reads each whole batch inside the step, on the
+    device of the op that reads the input; 1 step, then 2 per call."""
+    ds = _dataset("mlp")
+    (ref_model, ref_step), (model, step) = models.twin("mlp")
+    ref_losses = [float(ref_step(x, y)) for x, y in ds]
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single")
+    it = pstep.prefetch(ds)
+    x, y = next(it)
+    assert x.count == 1 and tuple(x.shape) == (16, 12)
+    losses = [pstep(x, y)] + pstep.run(it, steps_per_execution=2)
+    _check(ref_model, ref_losses, model, losses)
+    device = pstep.plan.devices_used[0]
+    for fn in pstep.executor._multi.values():                       # noqa: SLF001
+        assert {op.device for op in fn.graph.get_operations()
+                if op.type == "IteratorGetNext"} == {device}

@@ -207,8 +207,8 @@ class Executor:
             input_map = dict(shared)
             if source is not None:
                 got = source.get_next(flat)
-                step_in = [got[r][i] for i, group in enumerate(self._split[1])
-                           for r in range(len(group))]
+                groups = self._split[1] if split else [(n,) for n in c.inputs]
+                step_in = [got[r][i] for i, group in enumerate(groups) for r in range(len(group))]
             else:
                 step_in = list(flat[j * n_in:(j + 1) * n_in])
             input_map.update({f"{name}:0": t for name, t in zip(inputs, step_in)})
@@ -237,9 +237,10 @@ class Executor:
         if k == 1:
             return [self(*batches[0][0], **batches[0][1])]
         flats = [self.captured.flatten_inputs(args, kwargs) for args, kwargs in batches]
-        split = any(isinstance(t, PerReplica) for t in flats[0])
-        shares = [self._per_replica_flat(f) for f in flats] if split else flats
-        source = lazy_source(flats[0]) if split else None
+        per = any(isinstance(t, PerReplica) for t in flats[0])
+        shares = [self._per_replica_flat(f) for f in flats] if per else flats
+        source = lazy_source(flats[0]) if per else None
+        split = per and self.per_replica_inputs() is not None
         if source is not None:
             if any(lazy_source(f) is not source for f in flats):
                 raise GraphError("the per-replica batches of one call must come from one "
@@ -256,7 +257,7 @@ class Executor:
         flat = self.captured.flatten_inputs(args, kwargs)
         if any(isinstance(t, PerReplica) for t in flat):
             shares = self._per_replica_flat(flat)
-            fn = self._function(1, True, lazy_source(flat))
+            fn = self._function(1, self.per_replica_inputs() is not None, lazy_source(flat))
             return self.captured.pack_outputs(self._run(fn, shares))
         return self.captured.pack_outputs(self._run(self._call, flat))
 
@@ -284,7 +285,7 @@ class Executor:
         """The concrete function of ``k`` steps per call (traced on first use): on whole
         arguments, on per-replica shares (``split``), or reading ``source``'s iterators."""
         import tensorflow as tf
-        if k == 1 and not split:
+        if k == 1 and not split and source is None:
             return self._call
         mode = "lazy" if source is not None else "shares" if split else "whole"
         if (k, mode) not in self._multi:
@@ -300,6 +301,9 @@ class Executor:
 
     def _per_replica_flat(self, flat: Sequence[Any]) -> list[Any]:
         names = self.per_replica_inputs()
+        source = lazy_source(flat)
+        if names is None and source is not None and len(source.iterators) == 1:
+            names = tuple((n,) for n in self.captured.inputs)   # one reader: whole batches
         if names is None:
             raise GraphError("this step's batch is not split across replicas; call it with "
                              "whole tensors, not per-replica ones")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
-__all__ = ["input_device", "to_device", "on_worker", "Lookahead"]
+__all__ = ["input_device", "reader_device", "to_device", "on_worker", "Lookahead"]
 
 _FAIL_ON_EXTERNAL_STATE = 2     # tf.data.experimental.ExternalStatePolicy.FAIL
 
@@ -35,6 +35,18 @@ def input_device(executor: Any) -> str:
     if plan.pipeline is None:
         return ""
     return plan.placement().get(executor.captured.inputs[0]) or plan.pipeline.stages[0].devices[0]
+
+
+def reader_device(executor: Any) -> str:
+    """The device of the first op that reads the step's first input: where a single replica's
+    batch is best read (the plan's device of that op, else the first device of the plan)."""
+    name = executor.captured.inputs[0]
+    placement = executor.plan.placement()
+    for n in executor.graph_def.node:
+        if any(i.split(":")[0] == name for i in n.input) and (n.device or placement.get(n.name)):
+            return n.device or placement[n.name]
+    used = executor.plan.devices_used
+    return used[0] if used else ""
 
 
 def to_device(dataset: Any, device: str, buffer_size: int = 2) -> Iterator[Any]:

@@ -88,14 +88,27 @@ NOT_ACTIVATIONS = frozenset({"ReadVariableOp", "VarHandleOp", "Const", "NoOp", "
 # the model and the step
 
 def build_model(keras: Any, width: int, layers: int, in_width: int | None = None,
-                out_width: int | None = None) -> Any:
+                out_width: int | None = None, input_scale: bool = False) -> Any:
     keras.utils.set_random_seed(0)
     h = inp = keras.Input((in_width or width,))
+    if input_scale:     # a trained per-feature scale on the inputs: the first layer needs dX
+        h = FeatureScale(keras)(h)
     for i in range(layers):
         last = i == layers - 1
         h = keras.layers.Dense((out_width or width) if last else width,
                                activation=None if last else "relu")(h)
     return keras.Model(inp, h, name=f"mlp{layers}")
+
+
+def FeatureScale(keras: Any) -> Any:
+    """A layer multiplying its input by a trained per-feature scale (initialised to 1)."""
+    class _FeatureScale(keras.layers.Layer):
+        def build(self, shape: Any) -> None:
+            self.scale = self.add_weight(shape=(shape[-1],), initializer="ones", name="scale")
+
+        def call(self, x: Any) -> Any:
+            return x * self.scale
+    return _FeatureScale(name="feature_scale")
 
 
 def make_data(width: int, batch: int, in_width: int | None = None,
@@ -240,7 +253,8 @@ def child(a: argparse.Namespace) -> None:
     try:
         import keras
         import tensorflow as tf
-        model = build_model(keras, a.width, a.layers, a.in_width, a.out_width)
+        model = build_model(keras, a.width, a.layers, a.in_width, a.out_width,
+                            a.input_scale)
         opt = keras.optimizers.SGD(1e-3)
         loss_fn = keras.losses.MeanSquaredError()
 
@@ -390,7 +404,8 @@ def _child_args(cfg: dict, a: argparse.Namespace, trace_steps: int) -> list[str]
             "--in-width", str(a.in_width), "--batch", str(a.batch), "--layers", str(a.layers),
             "--writeback", a.writeback, "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir,
-            *(["--out-width", str(a.out_width)] if a.out_width else [])]
+            *(["--out-width", str(a.out_width)] if a.out_width else []),
+            *(["--input-scale"] if a.input_scale else [])]
 
 
 def _start(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
@@ -527,6 +542,10 @@ def main() -> None:
     ap.add_argument("--out-width", type=int,
                     help="width of the last layer (default: --width)")
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--input-scale", action="store_true",
+                    help="a trained per-feature scale on the inputs, so that the first Dense "
+                         "layer needs its input gradient like every other; --in-width then "
+                         "defaults to --width")
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--input", default="client", choices=["client", "prefetch"],
@@ -557,7 +576,7 @@ def main() -> None:
         if getattr(a, key) is None:
             setattr(a, key, value)
     if a.in_width is None:
-        a.in_width = a.width * 3 // 2
+        a.in_width = a.width if a.input_scale else a.width * 3 // 2
     if a.child:
         child(a)
         return
@@ -572,7 +591,7 @@ def main() -> None:
     params = (a.in_width * a.width + (a.layers - 2) * a.width * a.width + a.width * out
               + (a.layers - 1) * a.width + out)
     last = f", the last {out} wide" if out != a.width else ""
-    print(f"pipeline: MLP {a.in_width} -> {a.layers} x Dense({a.width}{last}) ({params / 1e6:.1f}M "
+    print(f"pipeline: MLP {a.in_width} -> {'scale -> ' if a.input_scale else ''}{a.layers} x Dense({a.width}{last}) ({params / 1e6:.1f}M "
           f"params, SGD, MSE), "
           f"global batch {a.batch}, M={a.micro}, writeback={a.writeback!r}, input={a.input!r}, "
           + (f"{a.steps} timed steps after {a.warmup} warm-up, {a.rounds} round(s) alternating "

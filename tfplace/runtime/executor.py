@@ -8,6 +8,7 @@ from tfplace.errors import GraphError, StageFailed, WorkerLost
 from tfplace.rewrite.repeat import step_copy
 from tfplace.runtime.devices import prepare
 from tfplace.runtime.graph_import import import_graph_def as tf_import
+from tfplace.runtime import writeback
 from tfplace.runtime.live import live
 from tfplace.runtime.per_replica import PerReplica, flatten_shares, lazy_source
 
@@ -159,10 +160,14 @@ class Executor:
         """The arguments' specs, read off the rewritten graph (global shapes after replication;
         ``split``: one per replica's share of each split input, see ``per_replica_inputs``)."""
         import tensorflow as tf
-        graph_def, names = (self._split if split else (self.graph_def, self.captured.inputs))
+        if split:
+            graph_def, groups = self._presplit()
+            names = [n for group in groups for n in group]
+        else:
+            graph_def, names = self.graph_def, list(self.captured.inputs)
         nodes = {n.name: n for n in graph_def.node}
         specs = []
-        for name in (n for group in names for n in group) if split else names:
+        for name in names:
             attr = nodes[name].attr
             shape = None if attr["shape"].shape.unknown_rank else \
                 [d.size if d.size >= 0 else None for d in attr["shape"].shape.dim]
@@ -190,8 +195,8 @@ class Executor:
         import tensorflow as tf
         g = tf.compat.v1.get_default_graph()
         c = self.captured
-        live_def, inputs = (self._split[0], [n for group in self._split[1] for n in group]) \
-            if split else (self._live, list(c.inputs))
+        live_def, groups = self._presplit() if split else (self._live, [(n,) for n in c.inputs])
+        inputs = [n for group in groups for n in group]
         shared = {}
         for node, _orig, placed in self.pairs:
             shared[f"{node}:0"] = g.capture(placed.handle)
@@ -207,7 +212,6 @@ class Executor:
             input_map = dict(shared)
             if source is not None:
                 got = source.get_next(flat)
-                groups = self._split[1] if split else [(n,) for n in c.inputs]
                 step_in = [got[r][i] for i, group in enumerate(groups) for r in range(len(group))]
             else:
                 step_in = list(flat[j * n_in:(j + 1) * n_in])
@@ -272,6 +276,13 @@ class Executor:
                 return None
             self._split = presplit.apply(self._live, self.captured.inputs)
         return self._split[1]
+
+    def _presplit(self) -> tuple[Any, tuple[tuple[str, ...], ...]]:
+        """The per-replica graph and its input groups (``per_replica_inputs``)."""
+        if self.per_replica_inputs() is None or self._split is None:
+            raise GraphError("this step's batch is not split across replicas; call it with "
+                             "whole tensors, not per-replica ones")
+        return self._split
 
     def replica_input_devices(self) -> list[str]:
         """Each replica's device for its share of the batch ("" where the plan leaves it to
@@ -373,43 +384,7 @@ class Executor:
         return f"pipeline stage{'s' if len(hit) > 1 else ''} {', '.join(hit)}"
 
     def _write_back_ops(self, deps: dict[str, list[Any]] | None = None) -> list[Any]:
-        """Assign ops copying the placed values into the user's variables; in a step, after
-        ``deps[node]`` (the ops on that variable). Plain copies are packed per (source device,
-        destination device, dtype) into one flat tensor: one transfer per device pair and step
-        instead of one per variable and optimizer slot (each costs the client CPU time)."""
-        import tensorflow as tf
-        deps = deps or {}
-        ops = []
-        packs: dict[tuple[str, str, Any], list[tuple[str, Any, Any]]] = {}
-        placed_of = {node: placed for node, _o, placed in self.pairs}
-        for orig, axis, nodes in self.shards.values():     # the whole value, gathered
-            with tf.control_dependencies([d for n in nodes for d in deps.get(n, [])]):
-                whole = tf.concat([placed_of[n].read_value() for n in nodes], axis)
-            ops.append(orig.assign(whole, read_value=False))
-        sharded = {n for _o, _a, nodes in self.shards.values() for n in nodes}
-        for node, orig, placed in self.pairs:
-            if placed is orig or not _is_primary(node) or node in sharded:
-                continue
-            if id(orig) in self.sums:
-                reps = [(n, p) for n, o, p in self.pairs if o is orig]
-                with tf.control_dependencies([d for n, _p in reps for d in deps.get(n, [])]):
-                    total = tf.add_n([p.read_value() for _n, p in reps])
-                ops.append(orig.assign(total, read_value=False))
-            else:
-                packs.setdefault((placed.device, orig.device, orig.dtype), []).append(
-                    (node, orig, placed))
-        for (src, dst, _dtype), group in packs.items():
-            with tf.control_dependencies([d for n, _o, _p in group for d in deps.get(n, [])]):
-                if len(group) == 1 or not all(o.shape.is_fully_defined() for _n, o, _p in group):
-                    ops += [o.assign(p.read_value(), read_value=False) for _n, o, p in group]
-                    continue
-                with tf.device(src):
-                    flat = tf.concat([tf.reshape(p.read_value(), [-1]) for _n, _o, p in group], 0)
-            with tf.device(dst):
-                pieces = tf.split(flat, [int(o.shape.num_elements()) for _n, o, _p in group])
-                for (_n, orig, _p), piece in zip(group, pieces):
-                    ops.append(orig.assign(tf.reshape(piece, orig.shape), read_value=False))
-        return ops
+        return writeback.copy_back(self.pairs, self.shards, self.sums, _is_primary, deps)
 
     def write_back(self) -> None:
         """Copy the placed values into the user's variables (replica 0's, or the replicas'
@@ -419,20 +394,7 @@ class Executor:
     def refresh(self) -> None:
         """Copy the user's variables into the placed ones (after the user assigned to them);
         an accumulator's value goes to replica 0 and the other replicas restart from zero."""
-        import tensorflow as tf
-        placed_of = {node: placed for node, _o, placed in self.pairs}
-        for orig, axis, nodes in self.shards.values():     # re-sliced
-            for n, piece in zip(nodes, tf.split(orig.read_value(), len(nodes), axis)):
-                placed_of[n].assign(piece)
-        for n, orig, axis, index, count in self.shard_copies:
-            placed_of[n].assign(tf.split(orig.read_value(), count, axis)[index])
-        for node, orig, placed in self.pairs:
-            if placed is orig or id(orig) in self.shards:
-                continue
-            if id(orig) in self.sums and not _is_primary(node):
-                placed.assign(tf.zeros_like(placed))
-            else:
-                placed.assign(orig.read_value())
+        writeback.refresh(self.pairs, self.shards, self.shard_copies, self.sums, _is_primary)
 
     @property
     def moved_variables(self) -> int:

@@ -1,9 +1,9 @@
 """Pipeline parallelism measured: bubble fraction and stashed micro-batches from an op-level trace
 of the workers, and the throughput of 2 stages on 2 core-pinned workers against 1 worker.
 
-    python benchmarks/pipeline.py [--rounds 3] [--steps 15] [--warmup 5] [--micro 8]
-                                  [--width 512] [--in-width 768] [--batch 4096] [--layers 8]
-                                  [--quick]
+    python benchmarks/pipeline.py [--micro 8] [--width 512] [--in-width 512] [--batch 4096]
+                                  [--layers 8] [--no-input-scale] [--quick] [--trace-dir DIR]
+                                  [--sequential [--rounds 3] [--steps 15]] [--warmup 5]
 
 Configurations, each in its own subprocess (a process can connect to one gRPC cluster only), the
 whole set repeated ``--rounds`` times in alternating order; medians over all timed steps:
@@ -13,17 +13,20 @@ whole set repeated ``--rounds`` times in alternating order; medians over all tim
   2w 1f1b M       the same with schedule="1f1b"
 
 The workers are pinned one per core by launch_local; the client (which feeds the batch and
-receives the loss) is not pinned and its CPU is reported. The model is an MLP of ``--layers``
-Dense(width) layers on ``--in-width`` input features (the same for every config, same weights),
-SGD, MSE, global batch ``--batch`` in every config (the pipeline splits it into M
-micro-batches).
+receives the loss) is not pinned and its CPU is reported. The model is a trained per-feature
+scale on ``--in-width`` input features, then an MLP of ``--layers`` Dense(width) layers (the same
+for every config, same weights), SGD, MSE, global batch ``--batch`` in every config (the pipeline
+splits it into M micro-batches).
 
 Why these defaults:
-- ``--in-width`` 3/2 x width: the first layer has no input gradient, so at in-width = width it
-  costs 2 MatMuls where every other layer costs 3, and 8 layers split 4/4 into unequal stages
-  (11.84 against 12.92 GFLOP at batch 2048): the lighter stage then also idles while it waits
-  for the heavier one, on top of the schedule's bubble. At 3/2 x width every layer costs the same
-  and the GPipe formula, which assumes equal stages, applies to every stage.
+- The input scale: without it the first layer has no input gradient, so it costs 2 MatMuls where
+  every other layer costs 3. The earlier default made up for that with 3/2 x width input
+  features (``--no-input-scale``): equal stages in total FLOPs, but not per phase (stage 0's
+  forward 4.5 layers' worth against 4, its backward 7.5 against 8; measured 187 against 221 ms
+  of backward), and GPipe runs each phase at its slower stage's pace, so stage 0 idled 24%
+  against the formula's 11%. With the scale (one multiply forward, one multiply and a sum
+  backward) every Dense layer needs dX, the 8 layers split 4/4 into stages equal in FLOPs in
+  forward and in backward, and the GPipe formula, which assumes equal stages, applies to each.
 - ``--batch`` 4096 gives 512-row micro-batches at M=8. With 256 rows (batch 2048) the
   micro-batches' backward MatMuls cost about 1.3x the CPU per FLOP of the full batch's; at 128
   rows about 1.6x (BENCHMARKS.md, pipeline).
@@ -405,7 +408,7 @@ def _child_args(cfg: dict, a: argparse.Namespace, trace_steps: int) -> list[str]
             "--writeback", a.writeback, "--input", a.input,
             "--trace-steps", str(trace_steps), "--trace-dir", a.trace_dir,
             *(["--out-width", str(a.out_width)] if a.out_width else []),
-            *(["--input-scale"] if a.input_scale else [])]
+            "--input-scale" if a.input_scale else "--no-input-scale"]
 
 
 def _start(cfg: dict, a: argparse.Namespace, directory: str) -> Group:
@@ -537,15 +540,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, help="(5)")
     ap.add_argument("--width", type=int, help="(512)")
     ap.add_argument("--in-width", type=int,
-                    help="input features (3/2 x width: the first layer, which has no input "
-                         "gradient, then costs what every other layer costs)")
+                    help="input features (default: --width; 3/2 x width with "
+                         "--no-input-scale, where the first layer has no input gradient)")
     ap.add_argument("--out-width", type=int,
                     help="width of the last layer (default: --width)")
     ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--input-scale", action="store_true",
+    ap.add_argument("--input-scale", action=argparse.BooleanOptionalAction, default=True,
                     help="a trained per-feature scale on the inputs, so that the first Dense "
-                         "layer needs its input gradient like every other; --in-width then "
-                         "defaults to --width")
+                         "layer needs its input gradient like every other (the default); "
+                         "--in-width then defaults to --width, else to 3/2 x width")
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
     ap.add_argument("--input", default="client", choices=["client", "prefetch"],

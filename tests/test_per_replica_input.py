@@ -158,3 +158,21 @@ def test_one_replica_reads_the_whole_batch_where_the_step_reads_it(local4):
     for fn in pstep.executor._multi.values():                       # noqa: SLF001
         assert {op.device for op in fn.graph.get_operations()
                 if op.type == "IteratorGetNext"} == {device}
+
+
+def test_a_lazy_batch_is_read_once_and_in_order(local4):
+    """The step reads each replica's next rows itself: a batch passed twice, or out of order,
+    is refused before anything runs (it would train on other rows than it names)."""
+    (_m, step), _twin = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                sync="ring")
+    it = pstep.prefetch(_dataset("mlp"))
+    first, second, third = next(it), next(it), next(it)
+    with pytest.raises(GraphError, match=r"batch\(es\) \[1\] .* would read batch\(es\) \[0\]"):
+        pstep(*second)
+    pstep(*first)
+    with pytest.raises(GraphError, match="once, in order"):
+        pstep(*first)
+    with pytest.raises(GraphError, match="gave one tensor|must be one whole batch"):
+        pstep(second[0], third[1])
+    pstep.run([second, third], steps_per_execution=2)

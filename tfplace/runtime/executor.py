@@ -249,6 +249,7 @@ class Executor:
             if any(lazy_source(f) is not source for f in flats):
                 raise GraphError("the per-replica batches of one call must come from one "
                                  "step.prefetch(dataset)")
+            source.claim([f[0].serial for f in flats])
             flat = shares[0]                         # the iterators; each copy reads them
         else:
             flat = [t for f in shares for t in f]
@@ -261,7 +262,10 @@ class Executor:
         flat = self.captured.flatten_inputs(args, kwargs)
         if any(isinstance(t, PerReplica) for t in flat):
             shares = self._per_replica_flat(flat)
-            fn = self._function(1, self.per_replica_inputs() is not None, lazy_source(flat))
+            source = lazy_source(flat)
+            fn = self._function(1, self.per_replica_inputs() is not None, source)
+            if source is not None:
+                source.claim([flat[0].serial])
             return self.captured.pack_outputs(self._run(fn, shares))
         return self.captured.pack_outputs(self._run(self._call, flat))
 

@@ -28,11 +28,12 @@ class PerReplica:
     of the next element of each replica's iterator, read inside the step itself, so that the
     calling process only dispatches the step. ``shape`` and ``dtype`` are the global batch's."""
 
-    __slots__ = ("values", "source", "index", "_spec")
+    __slots__ = ("values", "source", "index", "serial", "_spec")
 
     def __init__(self, values: Sequence[Any] = (), *, source: "Shares | None" = None,
-                 index: int = 0) -> None:
+                 index: int = 0, serial: int = 0) -> None:
         self.values, self.source, self.index = tuple(values), source, index
+        self.serial = serial              # which batch of ``source`` (lazy values only)
         self._spec = source.specs[index] if source is not None else None
 
     @property
@@ -73,6 +74,20 @@ class Shares:
                  split: Sequence[bool], shapes: Sequence[Any]) -> None:
         self.iterators, self.devices = list(iterators), list(devices)
         self.specs, self.split, self.shapes = list(specs), list(split), list(shapes)
+        self.read = 0                     # batches the steps have read so far
+
+    def claim(self, serials: Sequence[int]) -> None:
+        """Check that a call reads batches ``serials``, the next ones in order, and count them
+        read: each lazy batch is read by the step it is passed to, once, in the order the
+        iterator yielded it (otherwise the step would train on other rows than it was given)."""
+        from tfplace.errors import GraphError
+        want = list(range(self.read, self.read + len(serials)))
+        if list(serials) != want:
+            raise GraphError(
+                f"per-replica batch(es) {list(serials)} of step.prefetch(dataset) passed to a "
+                f"step that would read batch(es) {want}: the step reads each replica's next "
+                "rows itself, so pass every yielded batch once, in order, to the step")
+        self.read += len(serials)
 
     @property
     def handles(self) -> list[Any]:
@@ -98,8 +113,8 @@ def flatten_shares(flat: Sequence[Any], names: Sequence[Sequence[str]],
     source = lazy_source(flat)
     if source is not None:
         if len(flat) != len(names) or any(
-                not isinstance(t, PerReplica) or t.source is not source or t.index != i
-                for i, t in enumerate(flat)):
+                not isinstance(t, PerReplica) or t.source is not source or t.index != i or
+                t.serial != flat[0].serial for i, t in enumerate(flat)):
             raise GraphError("per-replica arguments read inside the step must be one whole "
                              "batch of step.prefetch(dataset), in order")
         if source.split != [len(g) > 1 for g in names] or len(source.iterators) != max(
@@ -169,7 +184,8 @@ def _lazy(source: Shares, length: int) -> Iterator[tuple[Any, ...]]:
     done = 0
     while length < 0 or done < length:
         done += 1
-        yield tuple(PerReplica(source=source, index=i) for i in range(len(source.split)))
+        yield tuple(PerReplica(source=source, index=i, serial=done - 1)
+                    for i in range(len(source.split)))
 
 
 def _rows(t: Any, r: int, count: int) -> Any:

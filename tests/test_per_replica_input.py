@@ -176,3 +176,18 @@ def test_a_lazy_batch_is_read_once_and_in_order(local4):
     with pytest.raises(GraphError, match="gave one tensor|must be one whole batch"):
         pstep(second[0], third[1])
     pstep.run([second, third], steps_per_execution=2)
+
+
+def test_a_batch_of_another_size_is_an_error_not_a_dropped_row(local4):
+    """18 rows: a last batch of 2 after one of 16. The step was compiled for 16 rows over 2
+    replicas; the short batch fails when it is read, naming the sizes and the fix."""
+    import tensorflow as tf
+    x, y = models.data("mlp", batch=18)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    (_m, step), _twin = models.twin("mlp")
+    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                sync="ring")
+    it = pstep.prefetch(ds)
+    pstep(*next(it))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="compiled for batches of 16 rows"):
+        pstep(*next(it))

@@ -160,7 +160,8 @@ def split_dataset(dataset: Any, split: Sequence[bool], devices: Sequence[str],
 
     def share(r: int) -> Any:
         def rows(*element: Any) -> Any:
-            out = tuple(_rows(t, r, count) if s else t for t, s in zip(element, split))
+            out = tuple(_rows(t, r, count, shape[0]) if s else t
+                        for t, s, shape in zip(element, split, shapes))
             return out[0] if single else out
         return dataset.map(rows)
 
@@ -188,10 +189,18 @@ def _lazy(source: Shares, length: int) -> Iterator[tuple[Any, ...]]:
                     for i in range(len(source.split)))
 
 
-def _rows(t: Any, r: int, count: int) -> Any:
-    """Replica r's rows of batch ``t``: the r-th of ``count`` equal slices along dim 0."""
+def _rows(t: Any, r: int, count: int, rows: int | None) -> Any:
+    """Replica r's rows of batch ``t``: the r-th of ``count`` equal slices along dim 0. A
+    batch of another size than ``rows`` (the step's, e.g. a last, shorter batch) is an error
+    when it is read, never a silently uneven or dropped share."""
     import tensorflow as tf
-    n = tf.shape(t)[0] // count
+    if rows is not None:
+        tf.debugging.assert_equal(
+            tf.shape(t)[0], rows, message=f"tfplace prefetch: the step was compiled for "
+            f"batches of {rows} rows ({count} replicas x {rows // count}), and this batch has "
+            "another size; batch the dataset with drop_remainder=True, or call the step on the "
+            "odd batch yourself")
+    n = (rows if rows is not None else tf.shape(t)[0]) // count
     return t[r * n:(r + 1) * n]
 
 

@@ -504,7 +504,9 @@ def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:
               f"{plan['stash'][s]:>10}")
     idles = [[st["idle"] for st in step["stages"]] for step in tr["steps"]]
     print("  idle per stage, every traced step: "
-          + "; ".join(" ".join(f"{v:.1%}" for v in row) for row in idles))
+          + "; ".join(" ".join(f"{v:.1%}" for v in row) for row in idles)
+          + "  (median per stage: " + " ".join(
+              f"s{s} {statistics.median(row[s] for row in idles):.1%}" for s in range(K)) + ")")
     print("  (edges = idle before the stage's first and after its last compute kernel, gaps = "
           "idle between them; expect = idle predicted from the measured per-stage F/B times "
           "with unequal stages; plan = the plan's clock-view bubble at equal ticks)")

@@ -28,8 +28,8 @@ def _check(ref_model, ref_losses, model, losses):
 
 
 @pytest.mark.parametrize("kind,replicas,sync,per_call", [
-    ("mlp", 4, "ring", 1), ("mlp", 2, "ps", 2), ("embedding", 2, "ring", 1),
-    ("cnn", 4, "hierarchical", 1)], ids=["mlp-ring-4", "mlp-ps-2-K2", "embedding", "cnn-hier"])
+    ("mlp", 4, "ring", 1), ("mlp", 2, "ps", 2), ("embedding", 2, "hierarchical", 1)],
+    ids=["mlp-ring-4", "mlp-ps-2-K2", "embedding-hier"])
 def test_prefetch_reads_each_share_on_its_replica(kind, replicas, sync, per_call, local4):
     from tfplace.runtime.per_replica import PerReplica
     ds = _dataset(kind)

@@ -264,8 +264,9 @@ class ParallelFunction:
         args = first if isinstance(first, tuple) else (first,)
         ex = self._executor(args, {})
         names = ex.per_replica_inputs()
-        if len(args) == len(ex.captured.inputs) and (names is not None or
-                                                      ex.plan.pipeline is None):
+        horovod = ex.plan.sync is not None and ex.plan.sync.backend == "horovod"
+        if len(args) == len(ex.captured.inputs) and not horovod and (
+                names is not None or ex.plan.pipeline is None):
             from tfplace.runtime.per_replica import split_dataset
             if names is not None:         # data parallel: each replica's share on its device
                 devices = [d or group[0] for d, group in zip(ex.replica_input_devices(),

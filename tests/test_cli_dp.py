@@ -81,7 +81,7 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     trace = tmp_path / "out.json"
     out = run_cli("run", script, "--cluster", "local:4", "--data-parallel", "2", "--steps", "3",
                   "--batch-size", "16", "--placer", "single", "--fusion-bytes", "512",
-                  "--steps-per-execution", "2", "--trace", str(trace))
+                  "--steps-per-execution", "2", "--input", "worker", "--trace", str(trace))
     assert out.returncode == 0, out.stderr
     losses = [float(v) for v in re.findall(r"^step \d+: loss (\S+)$", out.stdout, re.M)]
     assert len(losses) == 3 and losses[-1] < losses[0]
@@ -89,4 +89,7 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     data = json.loads(trace.read_text())
     ops = {e["args"]["op"] for e in data["traceEvents"] if e["ph"] == "X"}
     assert "CollectiveReduceV2" in ops and "MatMul" in ops
+    reads = [e for e in data["traceEvents"]                       # --input worker: in the
+             if e["ph"] == "X" and e["args"]["op"] == "IteratorGetNext"]  # step, per replica
+    assert {e["name"].split("/")[1].split("_")[0] for e in reads} == {"r0", "r1"}
     assert data["otherData"]["tfplace_overlap"]["sync_ops"] > 0

@@ -191,3 +191,18 @@ def test_a_batch_of_another_size_is_an_error_not_a_dropped_row(local4):
     pstep(*next(it))
     with pytest.raises(tf.errors.InvalidArgumentError, match="compiled for batches of 16 rows"):
         pstep(*next(it))
+
+
+def test_run_source_reads_on_the_replicas_with_the_same_losses(local4, tmp_path):
+    """``tfplace run --input worker`` (``run_source(input_from="worker")``): each replica reads
+    its share in the step; the losses equal passing the batch from here."""
+    from test_cli_errors import MLP_SCRIPT
+    from tfplace.runner import run_source
+    path = tmp_path / "mlp_step.py"
+    path.write_text(MLP_SCRIPT)
+    losses = {how: run_source(f"{path}:train_step", local4, placer="single", steps=3,
+                              batch_size=16, data_parallel=2, sync="ring",
+                              steps_per_execution=2, input_from=how)
+              for how in ("client", "worker")}
+    np.testing.assert_allclose(losses["worker"], losses["client"], rtol=1e-6)
+    assert losses["worker"][-1] < losses["worker"][0]

@@ -259,25 +259,10 @@ class ParallelFunction:
         data parallelism, each replica's share of the batch onto the replica's own device (each
         worker reads its share itself; the step takes the yielded per-replica values as they
         are). The step is compiled on the first batch."""
-        from tfplace.runtime.prefetch import input_device, reader_device, to_device
+        from tfplace.runtime.per_replica import batches_for
         first = next(iter(dataset.take(1)))
         args = first if isinstance(first, tuple) else (first,)
-        ex = self._executor(args, {})
-        names = ex.per_replica_inputs()
-        horovod = ex.plan.sync is not None and ex.plan.sync.backend == "horovod"
-        if len(args) == len(ex.captured.inputs) and not horovod and (
-                names is not None or ex.plan.pipeline is None):
-            from tfplace.runtime.per_replica import split_dataset
-            if names is not None:         # data parallel: each replica's share on its device
-                devices = [d or group[0] for d, group in zip(ex.replica_input_devices(),
-                                                              ex.plan.replicas)]
-                split = [len(g) > 1 for g in names]
-            else:                         # one replica: the whole batch where it is read
-                devices, split = [reader_device(ex)], [False] * len(args)
-            it = split_dataset(dataset, split, devices, [a.shape for a in args], buffer_size)
-            if it is not None:
-                return it
-        return to_device(dataset, input_device(ex), buffer_size)
+        return batches_for(self._executor(args, {}), dataset, args, buffer_size)
 
     def write_back(self) -> None:
         for ex in self._executors.values():

@@ -143,7 +143,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             trace=args.trace, data_parallel=args.data_parallel,
                             pipeline=_pipeline_options(args), splits=args.splits or None,
                             steps_per_execution=args.steps_per_execution,
-                            **_sync_options(args), **_batch_option(args))
+                            input_from=args.input, **_sync_options(args), **_batch_option(args))
     for step, loss in enumerate(losses):
         print(f"step {step}: loss {float(loss):.6f}")
     if args.trace:
@@ -276,6 +276,10 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="steps sent to the workers in one call: one dispatch per K steps "
                         "(default 1)")
     p.add_argument("--batch-size", type=int, help="(global) batch size")
+    p.add_argument("--input", choices=["client", "worker"], default="client",
+                   help="client: this process passes the batch at every step (default); "
+                        "worker: each replica reads its share of it on its own device, inside "
+                        "the step (as step.prefetch)")
     p.add_argument("--trace", help="write an op-level Chrome trace (JSON) of the steps here and "
                    "print the measured overlap of gradient sync with backward")
     dp_options(p)

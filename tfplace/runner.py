@@ -15,9 +15,12 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
                batch_size: int = 32, trace: str | None = None, data_parallel: Any = 1,
                sync: str = "auto", sync_backend: str = "tf", fusion_bytes: int | None = None,
                calibration: Any = None, pipeline: PipelineOptions | None = None,
-               splits: Any = None, steps_per_execution: int = 1) -> list[float]:
+               splits: Any = None, steps_per_execution: int = 1,
+               input_from: str = "client") -> list[float]:
     """Run a step or compiled Keras model from a user's file for ``steps`` steps; the losses.
     ``steps_per_execution`` steps go to the workers in one call (the last group may be shorter).
+    ``input_from="worker"``: the example batch is read by the replicas themselves, each its share
+    on its own device inside the step (``per_replica.batches_for``), instead of passed from here.
 
     ``batch_size`` is the global batch; with ``data_parallel`` > 1 the step is captured on one
     replica's share of it and run on all of it. ``trace`` writes an op-level Chrome trace of
@@ -36,22 +39,35 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
     ex = compile_step(captured, cluster, placer=placer, calibration=calibration,
                       data_parallel=replicas, sync=sync, sync_backend=sync_backend,
                       fusion_bytes=fusion_bytes, pipeline=pipeline, splits=splits)
+    if input_from not in ("client", "worker"):
+        raise PlanError(f"input_from={input_from!r}: use 'client' or 'worker'")
+    batches = None
+    if input_from == "worker":
+        import tensorflow as tf
+        from tfplace.runtime.per_replica import batches_for
+        batches = batches_for(ex, tf.data.Dataset.from_tensors(tuple(example)).repeat(),
+                              example)
     if not trace:
-        return _train(ex, example, steps, steps_per_execution)
+        return _train(ex, example, steps, steps_per_execution, batches)
     from tfplace.runtime.trace import trace_ops, write_trace
     with trace_ops(ex.graph_def) as recorded:
-        losses = _train(ex, example, steps, steps_per_execution)
+        losses = _train(ex, example, steps, steps_per_execution, batches)
     write_trace(recorded, trace)
     return losses
 
 
-def _train(ex: Any, example: tuple, steps: int, per_call: int) -> list[float]:
+def _train(ex: Any, example: tuple, steps: int, per_call: int, batches: Any = None
+           ) -> list[float]:
+    """``steps`` steps on ``example`` (or on the next of ``batches``), ``per_call`` per call."""
+    def take() -> tuple:
+        return tuple(next(batches)) if batches is not None else tuple(example)
     losses: list[float] = []
     while len(losses) < steps:
         if per_call > 1 and steps - len(losses) >= per_call:
-            losses += [_scalar_loss(o) for o in ex.run_steps([(example, {})] * per_call)]
+            group: list[tuple[tuple, dict]] = [(take(), {}) for _ in range(per_call)]
+            losses += [_scalar_loss(o) for o in ex.run_steps(group)]
         else:
-            losses.append(_scalar_loss(ex(*example)))
+            losses.append(_scalar_loss(ex(*take())))
     return losses
 
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
-__all__ = ["PerReplica", "Shares", "split_dataset", "flatten_shares", "lazy_source"]
+__all__ = ["PerReplica", "Shares", "batches_for", "split_dataset", "flatten_shares",
+           "lazy_source"]
 
 
 class PerReplica:
@@ -97,8 +98,8 @@ class Shares:
         """Inside a step's function: each replica's next element, read on its device."""
         import tensorflow as tf
         out = []
-        for device, handle in zip(self.devices, handles):
-            with tf.device(device):
+        for r, (device, handle) in enumerate(zip(self.devices, handles)):
+            with tf.device(device), tf.name_scope(f"tfplace_input/r{r}"):
                 out.append(list(tf.raw_ops.IteratorGetNext(
                     iterator=handle, output_types=[s.dtype for s in self.specs],
                     output_shapes=[s.shape for s in self.specs])))
@@ -142,6 +143,30 @@ def lazy_source(flat: Sequence[Any]) -> "Shares | None":
     """The iterators a call's lazy per-replica arguments read from, or None."""
     return next((t.source for t in flat if isinstance(t, PerReplica) and t.source is not None),
                 None)
+
+
+def batches_for(executor: Any, dataset: Any, args: Sequence[Any], buffer_size: int = 2
+                ) -> Iterator[Any]:
+    """``dataset``'s batches for ``executor``'s step (compiled on ``args``, its first batch),
+    read where the step reads them: each data-parallel replica's share on its own device, a
+    single replica's whole batch on the device of the op that reads it, a pipeline's on its
+    first stage (``prefetch.to_device``), as does a Horovod process (the global batch)."""
+    from tfplace.runtime.prefetch import input_device, reader_device, to_device
+    names = executor.per_replica_inputs()
+    plan = executor.plan
+    horovod = plan.sync is not None and plan.sync.backend == "horovod"
+    if len(args) == len(executor.captured.inputs) and not horovod and (
+            names is not None or plan.pipeline is None):
+        if names is not None:         # data parallel: each replica's share on its device
+            devices = [d or group[0] for d, group in zip(executor.replica_input_devices(),
+                                                          plan.replicas)]
+            split = [len(g) > 1 for g in names]
+        else:                         # one replica: the whole batch where it is read
+            devices, split = [reader_device(executor)], [False] * len(args)
+        it = split_dataset(dataset, split, devices, [a.shape for a in args], buffer_size)
+        if it is not None:
+            return it
+    return to_device(dataset, input_device(executor), buffer_size)
 
 
 def split_dataset(dataset: Any, split: Sequence[bool], devices: Sequence[str],

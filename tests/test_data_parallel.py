@@ -113,3 +113,42 @@ def test_ring_backend_choice(backend, collectives, local4):
     assert ("CollectiveReduceV2" in ops) == collectives
     assert ("AddV2" in {n.op for n in pstep.executor.graph_def.node
                         if "tfplace_sync/ring_add" in n.name}) == (not collectives)
+
+
+def test_same_names_other_shapes_get_their_own_collective_keys(local4):
+    """Two models with the same layer names but other widths, data parallel in one process:
+    TF keeps one shape per collective instance key in a process, so a key from names alone
+    would make the second step fail ("Shape mismatch in the collective instance") and poison
+    every collective after it."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    def model_and_step(width: int):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(width, name="hidden"),
+                                  keras.layers.Dense(2, name="out")], name="same")
+        opt = keras.optimizers.SGD(0.1)
+
+        @tf.function
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(model(x) - y))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        return model, step
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((8, 6)).astype("float32"))
+    y = tf.constant(rng.standard_normal((8, 2)).astype("float32"))
+    for width in (5, 9):
+        ref_model, ref_step = model_and_step(width)
+        model, step = model_and_step(width)
+        pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
+                                    sync="ring")
+        for _ in range(2):
+            np.testing.assert_allclose(float(pstep(x, y)), float(ref_step(x, y)), rtol=1e-5)
+        assert any(n.op == "CollectiveReduceV2" for n in pstep.executor.graph_def.node)
+        for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
+            np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)

@@ -146,7 +146,11 @@ def _sync_dense(out: Any, b: NodeBuilder, nodes: dict[str, Any], spec: Replicati
             kwargs["target"] = spec.ps_targets[k]
         elif spec.method == "collective":
             kwargs["group_key"] = _stable_key("group", *devices)
-            kwargs["instance_key"] = _stable_key("instance", str(k), *bucket, *devices)
+            # the bucket's length and dtype too: TF keeps one shape per instance key in a
+            # process, so two steps whose gradients have the same names but other shapes (a
+            # model rebuilt wider) must not share keys
+            kwargs["instance_key"] = _stable_key("instance", str(k), str(sum(sizes)),
+                                                 str(dtype), *bucket, *devices)
         means = reduce(b, flats, devices, sum(sizes), dtype, 1.0 / R, **kwargs)
         for r in range(R):
             pieces = b.split(means[r], sizes, dtype, devices[r])

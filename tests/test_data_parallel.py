@@ -128,16 +128,7 @@ def test_same_names_other_shapes_get_their_own_collective_keys(local4):
         keras.utils.set_random_seed(0)
         model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(width, name="hidden"),
                                   keras.layers.Dense(2, name="out")], name="same")
-        opt = keras.optimizers.SGD(0.1)
-
-        @tf.function
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_mean(tf.square(model(x) - y))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-        return model, step
+        return model, models.make_step(model)
 
     rng = np.random.default_rng(0)
     x = tf.constant(rng.standard_normal((8, 6)).astype("float32"))

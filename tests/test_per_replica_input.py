@@ -59,15 +59,20 @@ def test_prefetch_reads_each_share_on_its_replica(kind, replicas, sync, per_call
     assert reads == sorted([g[0] for g in pstep.plan.replicas] * per_call)
 
 
+def _ring2(local4, batches):
+    """(reference model, its losses on ``batches``, model, its 2-replica ring step)."""
+    (ref_model, ref_step), (model, step) = models.twin("mlp")
+    ref_losses = [float(ref_step(x, y)) for x, y in batches]
+    return ref_model, ref_losses, model, tfplace.parallelize(
+        step, cluster=local4, placer="single", data_parallel=2, sync="ring")
+
+
 def test_unknown_length_reads_shares_one_step_ahead(local4):
     """A dataset whose length TF does not know (a filter): the shares are read here, as tensors
     already on the replicas' devices, and the end is found."""
     from tfplace.runtime.per_replica import PerReplica
     ds = _dataset("mlp").filter(lambda x, y: True)
-    (ref_model, ref_step), (model, step) = models.twin("mlp")
-    ref_losses = [float(ref_step(x, y)) for x, y in ds]
-    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
-                                sync="ring")
+    ref_model, ref_losses, model, pstep = _ring2(local4, ds)
     losses = []
     for x, y in pstep.prefetch(ds):
         assert isinstance(x, PerReplica) and x.source is None
@@ -85,10 +90,7 @@ def test_a_dataset_that_cannot_move_is_split_by_the_step(local4):
     ds = tf.data.Dataset.from_generator(
         lambda: iter(parts), output_signature=(tf.TensorSpec((16, 12), tf.float32),
                                                tf.TensorSpec((16, 4), tf.float32)))
-    (ref_model, ref_step), (model, step) = models.twin("mlp")
-    ref_losses = [float(ref_step(x, y)) for x, y in parts]
-    pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
-                                sync="ring")
+    ref_model, ref_losses, model, pstep = _ring2(local4, parts)
     losses = []
     for x, y in pstep.prefetch(ds):
         assert isinstance(x, tf.Tensor)

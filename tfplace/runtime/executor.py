@@ -236,38 +236,33 @@ class Executor:
         """``len(batches)`` steps in one call, step j on ``batches[j]`` (its args and kwargs):
         one dispatch to the workers (and one write-back) for all of them. Returns each step's
         outputs. The function for a given count is traced on first use."""
-        import tensorflow as tf
-        k = len(batches)
-        if k == 1:
-            return [self(*batches[0][0], **batches[0][1])]
-        flats = [self.captured.flatten_inputs(args, kwargs) for args, kwargs in batches]
+        return self._steps([self.captured.flatten_inputs(args, kwargs)
+                            for args, kwargs in batches])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._steps([self.captured.flatten_inputs(args, kwargs)])[0]
+
+    def _steps(self, flats: Sequence[Sequence[Any]]) -> list[Any]:
+        """One call of ``len(flats)`` steps on these flat arguments (whole tensors, per-replica
+        shares, or lazy per-replica batches whose rows the step reads itself); each step's
+        outputs."""
+        k = len(flats)
         per = any(isinstance(t, PerReplica) for t in flats[0])
         shares = [self._per_replica_flat(f) for f in flats] if per else flats
         source = lazy_source(flats[0]) if per else None
-        split = per and self.per_replica_inputs() is not None
+        if source is not None and any(lazy_source(f) is not source for f in flats):
+            raise GraphError("the per-replica batches of one call must come from one "
+                             "step.prefetch(dataset)")
+        fn = self._function(k, per and self.per_replica_inputs() is not None, source)
         if source is not None:
-            if any(lazy_source(f) is not source for f in flats):
-                raise GraphError("the per-replica batches of one call must come from one "
-                                 "step.prefetch(dataset)")
             source.claim([f[0].serial for f in flats])
-            flat = shares[0]                         # the iterators; each copy reads them
+            flat = list(shares[0])                   # the iterators; each copy reads them
         else:
             flat = [t for f in shares for t in f]
-        out = self._run(self._function(k, split, source), flat)
+        out = self._run(fn, flat)
         n = len(self.captured.outputs)
         return [self.captured.pack_outputs(list(out[j * n:(j + 1) * n]) if n else [])
                 for j in range(k)]
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self.captured.flatten_inputs(args, kwargs)
-        if any(isinstance(t, PerReplica) for t in flat):
-            shares = self._per_replica_flat(flat)
-            source = lazy_source(flat)
-            fn = self._function(1, self.per_replica_inputs() is not None, source)
-            if source is not None:
-                source.claim([flat[0].serial])
-            return self.captured.pack_outputs(self._run(fn, shares))
-        return self.captured.pack_outputs(self._run(self._call, flat))
 
     def per_replica_inputs(self) -> tuple[tuple[str, ...], ...] | None:
         """Per argument of the step, the placeholders of the per-replica graph that take it:

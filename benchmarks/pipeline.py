@@ -323,18 +323,26 @@ def child(a: argparse.Namespace) -> None:
 
 
 def _inputs(a: argparse.Namespace, step: Any, x: Any, y: Any) -> Any:
-    """The batches every configuration trains on: with ``--input prefetch`` the
-    same (x, y) as a repeated tf.data dataset, rebuilt on the worker that reads the input (the
-    first stage's; the single worker's) and prefetched there (``tfplace.runtime.prefetch``,
-    as ``ParallelFunction.prefetch`` does it): the batches never pass through this process.
-    ``--input client``: the tensors are passed from here and copied inside every step."""
+    """The batches every configuration trains on, the same (x, y) every step:
+
+    - ``--input worker``: ``step.prefetch`` of a repeated tf.data dataset. Each argument is
+      read inside the step on the worker of the op that uses it (x on the first stage, y on
+      the last; both on the single worker): no batch passes through this process, and y does
+      not pass through stage 0;
+    - ``--input prefetch``: the dataset rebuilt on the first stage's worker and prefetched
+      there (``tfplace.runtime.prefetch.to_device``); y then crosses to the last stage in the
+      step;
+    - ``--input client``: the tensors are passed from here and copied inside every step."""
     import itertools
     import tensorflow as tf
     if a.input == "client":
         return itertools.repeat((x, y))
+    dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
+    if a.input == "worker":
+        return step.prefetch(dataset)
     from tfplace.runtime.prefetch import input_device, to_device
     device = input_device(step.executor) or step.plan.placement()[step.executor.captured.inputs[0]]
-    return to_device(tf.data.Dataset.from_tensors((x, y)).repeat(), device)
+    return to_device(dataset, device)
 
 
 def _plan_bubble(pipe: Any) -> tuple[float, ...]:
@@ -553,9 +561,10 @@ def main() -> None:
                          "--in-width then defaults to --width, else to 3/2 x width")
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
-    ap.add_argument("--input", default="client", choices=["client", "prefetch"],
-                    help="batches passed from the client inside each step (client), or read "
-                         "by a tf.data dataset on the input's worker (prefetch)")
+    ap.add_argument("--input", default="client", choices=["client", "prefetch", "worker"],
+                    help="batches passed from the client inside each step (client), read by "
+                         "a tf.data dataset on the first stage's worker (prefetch), or each "
+                         "argument read in the step on the worker that uses it (worker)")
     ap.add_argument("--rounds", type=int,
                     help="(3: one round in the VM's slow two-core mode then cannot move a "
                          "median by itself)")

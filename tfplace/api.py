@@ -255,10 +255,11 @@ class ParallelFunction:
 
     def prefetch(self, dataset: Any, buffer_size: int = 2) -> Any:
         """An iterator over ``dataset`` (a tf.data.Dataset of this step's arguments) whose
-        batches are prefetched onto the devices that read them: a pipeline's first stage; with
-        data parallelism, each replica's share of the batch onto the replica's own device (each
-        worker reads its share itself; the step takes the yielded per-replica values as they
-        are). The step is compiled on the first batch."""
+        batches are read on the devices that use them: with data parallelism each replica's
+        share of the batch on the replica's own device; with one replica (a pipeline, a
+        placed step) each argument on the device of the op that reads it (a pipeline's inputs
+        on its first stage, its targets on its last). The step takes the yielded values as
+        they are and reads them itself. The step is compiled on the first batch."""
         from tfplace.runtime.per_replica import batches_for
         first = next(iter(dataset.take(1)))
         args = first if isinstance(first, tuple) else (first,)

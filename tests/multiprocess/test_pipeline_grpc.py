@@ -22,9 +22,11 @@ def test_grpc_pipeline_matches_single_device(kind, schedule, micro, workers2):
     assert homes == {"/job:worker/replica:0/task:0", "/job:worker/replica:0/task:1"}
 
 
-def test_prefetched_dataset_lands_on_the_first_stage(workers2):
-    """pstep.prefetch(dataset): every batch is on stage 0's worker before its step starts, the
-    micro-batch split runs there, and 5 steps equal the single-device step."""
+def test_prefetch_reads_each_input_on_the_stage_that_uses_it(workers2):
+    """pstep.prefetch(dataset): the inputs are read on stage 0's worker and the labels on
+    stage 1's, each by an IteratorGetNext inside the step (the batches never pass through this
+    process, nor the labels through stage 0); the micro-batch splits run there, and 5 steps
+    equal the single-device step."""
     import numpy as np
     import tensorflow as tf
     ref, (model, step) = models.twin("mlp8")
@@ -33,13 +35,18 @@ def test_prefetched_dataset_lands_on_the_first_stage(workers2):
     ds = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(a) for a in zip(*batches)))
     losses, devices = [], []
     for x, y in pstep.prefetch(ds.batch(16)):
-        devices.append(x.device)
+        devices.append((x.devices, y.devices))
         losses.append(float(pstep(x, y)))
-    first = pstep.plan.pipeline.stages[0].devices[0]
-    assert first.startswith("/job:worker/replica:0/task:0/") and devices == [first] * 5
-    splits = [n for n in pstep.executor.graph_def.node if n.op == "Split" and
-              n.name.startswith("tfplace_sync/")]
-    assert first in {n.device for n in splits}
+    first, last = (s.devices[0] for s in pstep.plan.pipeline.stages)
+    assert first.startswith("/job:worker/replica:0/task:0/")
+    assert last.startswith("/job:worker/replica:0/task:1/")
+    assert devices == [((first,), (last,))] * 5
+    splits = {n.name: n.device for n in pstep.executor.graph_def.node if n.op == "Split" and
+              n.name.startswith("tfplace_sync/")}
+    assert splits == {"tfplace_sync/split_x": first, "tfplace_sync/split_y": last}
+    (fn,) = pstep.executor._multi.values()                 # noqa: SLF001 - the lazy function
+    reads = sorted(n.device for n in fn.graph.as_graph_def().node if n.op == "IteratorGetNext")
+    assert reads == [first, last]
     expected = [float(ref[1](x, y)) for x, y in batches]
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     for w_ref, w_got in zip(ref[0].get_weights(), model.get_weights()):

@@ -212,7 +212,8 @@ class Executor:
             input_map = dict(shared)
             if source is not None:
                 got = source.get_next(flat)
-                step_in = [got[r][i] for i, group in enumerate(groups) for r in range(len(group))]
+                step_in = [source.pick(got, r, i) for i, group in enumerate(groups)
+                           for r in range(len(group))]
             else:
                 step_in = list(flat[j * n_in:(j + 1) * n_in])
             input_map.update({f"{name}:0": t for name, t in zip(inputs, step_in)})
@@ -312,8 +313,8 @@ class Executor:
     def _per_replica_flat(self, flat: Sequence[Any]) -> list[Any]:
         names = self.per_replica_inputs()
         source = lazy_source(flat)
-        if names is None and source is not None and len(source.iterators) == 1:
-            names = tuple((n,) for n in self.captured.inputs)   # one reader: whole batches
+        if names is None and source is not None and source.count == 1:
+            names = tuple((n,) for n in self.captured.inputs)   # readers of whole arguments
         if names is None:
             raise GraphError("this step's batch is not split across replicas; call it with "
                              "whole tensors, not per-replica ones")

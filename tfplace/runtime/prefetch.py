@@ -37,10 +37,12 @@ def input_device(executor: Any) -> str:
     return plan.placement().get(executor.captured.inputs[0]) or plan.pipeline.stages[0].devices[0]
 
 
-def reader_device(executor: Any) -> str:
-    """The device of the first op that reads the step's first input: where a single replica's
-    batch is best read (the plan's device of that op, else the first device of the plan)."""
-    name = executor.captured.inputs[0]
+def reader_device(executor: Any, index: int = 0) -> str:
+    """The device of the first op that reads the step's input ``index``: where that argument
+    is best read (the plan's device of that op, else the first device of the plan). In a
+    pipeline the inputs go to the stages that use them (x to the first, the labels to the
+    last)."""
+    name = executor.captured.inputs[index]
     placement = executor.plan.placement()
     for n in executor.graph_def.node:
         if any(i.split(":")[0] == name for i in n.input) and (n.device or placement.get(n.name)):

@@ -561,7 +561,7 @@ def main() -> None:
                          "--in-width then defaults to --width, else to 3/2 x width")
     ap.add_argument("--batch", type=int, default=4096, help="global batch")
     ap.add_argument("--writeback", default="step", choices=["step", "manual"])
-    ap.add_argument("--input", default="client", choices=["client", "prefetch", "worker"],
+    ap.add_argument("--input", default="worker", choices=["client", "prefetch", "worker"],
                     help="batches passed from the client inside each step (client), read by "
                          "a tf.data dataset on the first stage's worker (prefetch), or each "
                          "argument read in the step on the worker that uses it (worker)")

@@ -15,6 +15,7 @@ import models
 import tfplace
 from tfplace.errors import PlanError, StageFailed
 from tfplace.pipeline_parallel import pipeline_spec
+from tfplace.rewrite import pipeline_transpose
 from tfplace.rewrite.pipeline import done_name, segments
 
 K = 4
@@ -44,6 +45,15 @@ def _check_graph(pstep) -> None:
     assert not wrong, wrong[:5]
     for v in plan.variables:                    # each variable once, on its layer's stage
         assert nodes[f"tfplace_r0/{v.node}"].device == v.device
+    # the first stage transposes its weights for the backward after its last forward before
+    # its first backward (it waits for a gradient there), not between its forwards
+    order0 = pipe.orders()[0]
+    first_b = next(i for i, op in enumerate(order0) if op.kind == "B")
+    transposes = [n for n in gd.node if n.name.startswith(pipeline_transpose.SCOPE)]
+    assert bool(transposes) == (pipe.micro_batches > 1)      # one weight read, M products
+    for n in transposes:
+        deferred = f"^{done_name(0, order0[first_b - 1])}" in n.input
+        assert deferred == (n.device in pipe.stages[0].devices), (n.name, n.device)
     for s, order in enumerate(pipe.orders()):
         dones = [done_name(s, op) for op in order]
         assert all(nodes[d].op == "NoOp" and nodes[d].device == pipe.stages[s].devices[0]

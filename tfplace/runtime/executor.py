@@ -9,18 +9,13 @@ from tfplace.rewrite.repeat import step_copy
 from tfplace.runtime.devices import prepare
 from tfplace.runtime.graph_import import import_graph_def as tf_import
 from tfplace.runtime import writeback
+from tfplace.runtime.constants import consumer_devices, near, same_device
 from tfplace.runtime.live import live
 from tfplace.runtime.per_replica import PerReplica, flatten_shares, lazy_source
 
 __all__ = ["Executor", "WRITEBACK_MODES"]
 
 WRITEBACK_MODES = ("step", "manual")
-
-
-def _same_device(a: str, b: str) -> bool:
-    def canon(d: str) -> str:
-        return d.replace("/job:localhost/replica:0/task:0", "") or "/device:CPU:0"
-    return canon(a) == canon(b)
 
 
 def _replica_path(node: str) -> tuple[list[int], str]:
@@ -81,6 +76,7 @@ class Executor:
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
         sum_ids = {id(v) for v in sum_variables}
+        readers = consumer_devices(graph_def)
         for node in graph_def.node:
             if node.op != "Placeholder" or node.name in captured.inputs:
                 continue
@@ -90,21 +86,22 @@ class Executor:
                 continue
             if "_tfplace_value" in node.attr:          # a constant the rewrite needs fed
                 from tensorflow.python.framework import tensor_util
-                self.constants.append((node.name, tf.constant(
-                    tensor_util.MakeNdarray(node.attr["_tfplace_value"].tensor))))
+                value = tf.constant(tensor_util.MakeNdarray(node.attr["_tfplace_value"].tensor))
+                self.constants.append((node.name, near(readers.get(node.name, set()), value)))
                 continue
             if base.startswith("tfplace_token/"):      # a collective's per-device ordering token
                 with tf.device(node.device):
                     self.tokens.append((node.name, tf.Variable(0.0, trainable=False)))
                 continue
             if base in captured.constants:
-                self.constants.append((node.name, captured.constants[base]))
+                self.constants.append((node.name, near(readers.get(node.name, set()),
+                                                       captured.constants[base])))
                 continue
             orig = captured.bindings.get(base)
             if orig is None:
                 raise GraphError(f"placeholder {node.name!r} of the rewritten graph is neither an "
                                  "argument, a captured constant nor a variable of the step")
-            if _same_device(orig.device, node.device) and _is_primary(node.name) and \
+            if same_device(orig.device, node.device) and _is_primary(node.name) and \
                     id(orig) not in sum_ids:
                 placed = orig
             else:

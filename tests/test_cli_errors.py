@@ -45,7 +45,9 @@ def test_bad_cluster_yaml(tmp_path, yaml_text: str, fragments: list[str]) -> Non
 
 
 def test_missing_cluster_file(tmp_path) -> None:
-    out = run_cli("plan", "some.pb", "--cluster", str(tmp_path / "nope.yaml"))
+    source = tmp_path / "some.pb"              # exists: the cluster is the missing file
+    source.write_bytes(b"")
+    out = run_cli("plan", str(source), "--cluster", str(tmp_path / "nope.yaml"))
     assert_user_error(out, "nope.yaml", "does not exist")
 
 
@@ -71,7 +73,9 @@ def test_bad_task_for_serve(tmp_path) -> None:
 
 
 def test_missing_plan_file_for_rewrite(tmp_path) -> None:
-    out = run_cli("rewrite", "some.pb", "--plan", str(tmp_path / "p.pbtxt"), "--out", "x.pb")
+    source = tmp_path / "some.pb"
+    source.write_bytes(b"")
+    out = run_cli("rewrite", str(source), "--plan", str(tmp_path / "p.pbtxt"), "--out", "x.pb")
     assert_user_error(out, "p.pbtxt", "does not exist")
 
 
@@ -150,6 +154,23 @@ def test_missing_graph_def(tmp_path) -> None:
     missing = tmp_path / "missing.pb"
     assert_user_error(run_cli("plan", str(missing), "--cluster", "local:2"), str(missing),
                       "does not exist")
+
+
+@pytest.mark.parametrize("command", ["plan", "rewrite", "run"])
+def test_a_missing_source_fails_before_tensorflow_loads(command, tmp_path) -> None:
+    """The source is checked first: the error does not wait for TensorFlow (about 5 s)."""
+    plan = tmp_path / "p.pbtxt"
+    argv = {"plan": [str(tmp_path / "m.pb"), "--cluster", "local:2"],
+            "rewrite": [str(tmp_path / "m.py:step"), "--plan", str(plan), "--out",
+                        str(tmp_path / "o.pb")],
+            "run": [str(tmp_path / "m.py:step"), "--cluster", "local:2"]}[command]
+    code = ("import sys; from tfplace.cli import main; "
+            f"rc = main({[command, *argv]!r}); "
+            "print('RC', rc, 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "RC 2 False" in out.stdout, out.stdout + out.stderr
+    assert "does not exist" in out.stderr
 
 
 def test_truncated_graph_def(mlp, tmp_path) -> None:

@@ -12,19 +12,29 @@ from tfplace.cli_options import (CLUSTER_HELP, DEFAULT_PLACER, SPLITS_HELP, _bat
                                   _bytes_arg, _check_placer, _micro_batch, _parse_task,
                                   _pipeline_options, _placer_help, _planned_replicas,
                                   _replica_micro_batch, _replicas_arg, _shard_batch, _source_options, _stages_arg,
-                                  _sync_names, _sync_options, resolve_cluster)
+                                  _sync_names, _sync_options, check_cluster_spec,
+                                  resolve_cluster)
 from tfplace.errors import BackendError, TfplaceError
 
 if TYPE_CHECKING:
     from tfplace.plan import Plan
 
+from tfplace.sources import check_source
 __all__ = ["parse_args", "main", "resolve_cluster"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 
+def _check_source_first(args: argparse.Namespace) -> None:
+    """Bad --cluster syntax, then a missing source, fail before TF loads (about 5 s) or
+    workers start."""
+    check_cluster_spec(args.cluster)
+    check_source(args.source)
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     _check_placer(args.placer)                           # bad input fails before TF loads
+    _check_source_first(args)
     if args.calibration:
         from tfplace.profile import load_calibration
         load_calibration(args.calibration)               # a bad file fails before any launch
@@ -85,6 +95,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_rewrite(args: argparse.Namespace) -> int:
     from tfplace.planio import is_text_path, load_plan
     plan = load_plan(args.plan)
+    check_source(args.source)                           # before TF loads (about 5 s)
     _check_plan_matches(args, plan)
     from tfplace.api import load_source, rewrite_captured
     opts = _source_options(args)
@@ -134,6 +145,7 @@ def _check_plan_matches(args: argparse.Namespace, plan: "Plan") -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_placer(args.placer)
+    _check_source_first(args)
     with resolve_cluster(args.cluster) as cluster:
         if not cluster.is_remote:                        # logical devices exist only if made first
             from tfplace.runtime.devices import configure_local_devices

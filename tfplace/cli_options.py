@@ -32,23 +32,41 @@ def _placer_help() -> str:
     return f"placement algorithm (default {DEFAULT_PLACER}; one of: {names})"
 
 
+def _shorthand(spec: str) -> tuple[int, int] | None:
+    """'local:N' -> (N, 0), 'launch:WxD' -> (W, D); None for other specs; ClusterError when
+    malformed."""
+    if spec.startswith("local:"):
+        m = re.fullmatch(r"local:(\d+)", spec)
+        if not m or int(m.group(1)) < 1:
+            raise ClusterError(f"--cluster {spec!r}: expected local:N with N >= 1, e.g. local:4")
+        return int(m.group(1)), 0
+    if spec.startswith("launch:"):
+        m = re.fullmatch(r"launch:(\d+)x(\d+)", spec)
+        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+            raise ClusterError(f"--cluster {spec!r}: expected launch:WxD (W workers with D devices "
+                               "each, both >= 1), e.g. launch:2x2")
+        return int(m.group(1)), int(m.group(2))
+    return None
+
+
+def check_cluster_spec(spec: str) -> None:
+    """ClusterError for a malformed --cluster, without making the cluster when that would
+    load TF or start workers (local:N, launch:WxD); a file or TF_CONFIG is read."""
+    if _shorthand(spec) is None:
+        resolve_cluster(spec)
+
+
 def resolve_cluster(spec: str) -> "Cluster":
     """'local:N' | 'launch:WxD' | 'tf_config' | a YAML path -> Cluster."""
     from tfplace.cluster import Cluster
 
     if spec == "tf_config":
         return Cluster.from_tf_config()
-    if spec.startswith("local:"):
-        m = re.fullmatch(r"local:(\d+)", spec)
-        if not m or int(m.group(1)) < 1:
-            raise ClusterError(f"--cluster {spec!r}: expected local:N with N >= 1, e.g. local:4")
-        return Cluster.local(int(m.group(1)))
-    if spec.startswith("launch:"):
-        m = re.fullmatch(r"launch:(\d+)x(\d+)", spec)
-        if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-            raise ClusterError(f"--cluster {spec!r}: expected launch:WxD (W workers with D devices "
-                               "each, both >= 1), e.g. launch:2x2")
-        return Cluster.launch_local(workers=int(m.group(1)), devices_per_worker=int(m.group(2)))
+    short = _shorthand(spec)
+    if short is not None and spec.startswith("local:"):
+        return Cluster.local(short[0])
+    if short is not None:
+        return Cluster.launch_local(workers=short[0], devices_per_worker=short[1])
     return Cluster.from_file(spec)
 
 

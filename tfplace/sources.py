@@ -9,7 +9,7 @@ from typing import Any
 from tfplace.capture import Captured, CapturedVariable, capture, capture_keras_train_step
 from tfplace.errors import GraphError
 
-__all__ = ["load_source", "load_object", "example_args", "read_graph_def"]
+__all__ = ["check_source", "load_source", "load_object", "example_args", "read_graph_def"]
 
 
 def read_graph_def(path: str) -> Any:
@@ -112,6 +112,25 @@ def example_args(module: Any, name: str, obj: Any, batch_size: int) -> tuple:
         return ((x[0] if len(x) == 1 else tuple(x), y[0] if len(y) == 1 else tuple(y)),)
     raise GraphError(f"cannot make example arguments for {name!r}: give the tf.function an "
                      f"input_signature or define {name}_args(batch_size) in the script")
+
+
+def check_source(source: str) -> None:
+    """GraphError when SOURCE cannot exist: a missing GraphDef file, SavedModel directory or
+    script. Checked before the CLI starts TensorFlow (about 5 s) or a cluster."""
+    if source.endswith((".pb", ".pbtxt")) and ":" not in os.path.basename(source):
+        if not os.path.isfile(source):
+            read_graph_def(source)                       # its message
+        return
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "saved_model.pb")):
+            raise GraphError(f"directory {source!r} is not a SavedModel (no saved_model.pb)")
+        return
+    path, _, name = source.rpartition(":")
+    if not path or not name:
+        raise GraphError(f"source {source!r} must be FILE.py:NAME, a .pb/.pbtxt GraphDef or a "
+                         "SavedModel directory")
+    if not os.path.isfile(path):
+        raise GraphError(f"script {path!r} does not exist (from source {source!r})")
 
 
 def load_source(source: str, *, signature: str | None = None, batch_size: int = 32) -> Captured:

@@ -558,6 +558,11 @@ def report_trace(name: str, r: dict, micro: int) -> list[tuple[bool, str]]:
         worst = max(abs(st["idle"] - formula) for st in best["stages"])
         checks.append((worst <= 0.05, f"{name}: every stage's idle within 5 points of "
                        f"{formula:.1%} (largest gap {worst:.1%})"))
+        medians = [statistics.median(row[s] for row in idles) for s in range(K)]
+        worst = max(abs(m - formula) for m in medians)
+        checks.append((worst <= 0.05, f"{name}: every stage's median idle over the {len(idles)} "
+                       f"traced steps within 5 points of {formula:.1%} ("
+                       + " ".join(f"s{s} {m:.1%}" for s, m in enumerate(medians)) + ")"))
         level = [row for row, u in zip(idles, uneven) if u <= LEVEL]
         if level:
             medians = [statistics.median(row[s] for row in level) for s in range(K)]

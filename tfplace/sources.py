@@ -68,12 +68,7 @@ def _from_graph_def(path: str) -> Captured:
 
 def load_object(spec: str) -> tuple[Any, Any]:
     """``path/to/file.py:name`` -> (the module, the object ``name`` it defines)."""
-    path, _, name = spec.rpartition(":")
-    if not path or not name:
-        raise GraphError(f"source {spec!r} must be FILE.py:NAME, a .pb/.pbtxt GraphDef or a "
-                         "SavedModel directory")
-    if not os.path.isfile(path):
-        raise GraphError(f"script {path!r} does not exist (from source {spec!r})")
+    path, name = _script(spec)
     mod_name = "tfplace_user_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     assert module_spec is not None and module_spec.loader is not None
@@ -125,21 +120,26 @@ def check_source(source: str) -> None:
         if not os.path.isfile(os.path.join(source, "saved_model.pb")):
             raise GraphError(f"directory {source!r} is not a SavedModel (no saved_model.pb)")
         return
-    path, _, name = source.rpartition(":")
+    _script(source)
+
+
+def _script(spec: str) -> tuple[str, str]:
+    """``path/to/file.py:name`` -> (path, name); GraphError when malformed or missing."""
+    path, _, name = spec.rpartition(":")
     if not path or not name:
-        raise GraphError(f"source {source!r} must be FILE.py:NAME, a .pb/.pbtxt GraphDef or a "
+        raise GraphError(f"source {spec!r} must be FILE.py:NAME, a .pb/.pbtxt GraphDef or a "
                          "SavedModel directory")
     if not os.path.isfile(path):
-        raise GraphError(f"script {path!r} does not exist (from source {source!r})")
+        raise GraphError(f"script {path!r} does not exist (from source {spec!r})")
+    return path, name
 
 
 def load_source(source: str, *, signature: str | None = None, batch_size: int = 32) -> Captured:
     """Capture whatever SOURCE names."""
+    check_source(source)
     if source.endswith((".pb", ".pbtxt")) and ":" not in os.path.basename(source):
         return _from_graph_def(source)
     if os.path.isdir(source):
-        if not os.path.isfile(os.path.join(source, "saved_model.pb")):
-            raise GraphError(f"directory {source!r} is not a SavedModel (no saved_model.pb)")
         import tensorflow as tf
         loaded = tf.saved_model.load(source)
         key = signature or "serving_default"

@@ -15,11 +15,11 @@ from tfplace.cli_options import (CLUSTER_HELP, DEFAULT_PLACER, SPLITS_HELP, _bat
                                   _sync_names, _sync_options, check_cluster_spec,
                                   resolve_cluster)
 from tfplace.errors import BackendError, TfplaceError
+from tfplace.sources import check_source
 
 if TYPE_CHECKING:
     from tfplace.plan import Plan
 
-from tfplace.sources import check_source
 __all__ = ["parse_args", "main", "resolve_cluster"]
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2

@@ -137,8 +137,9 @@ def apply(graph_def: Any, spec: Any, pipe: Any, *, queues: str | None = None) ->
     _writes_after_all_stages(out, segs, pipe, held)
     order = pipe.orders()[0] if pipe.stages else []
     first_b = next((i for i, op in enumerate(order) if op.kind == "B"), 0)
-    if first_b and done_name(0, order[first_b - 1]) in nodes:
-        pipeline_transpose.defer(out, pipe.stages[0].devices, done_name(0, order[first_b - 1]))
+    anchor = done_name(0, order[first_b - 1]) if first_b else ""
+    if anchor in nodes:                        # the first stage's last forward before a backward
+        pipeline_transpose.defer(out, pipe.stages[0].devices, anchor)
     for (s, kind, m), take in pressure:        # at most `capacity` items ahead of the taker
         done = nodes.get(done_name(s, (kind, m)))
         if done is not None:

@@ -10,8 +10,7 @@ one explicit ``Transpose(W)`` per step and ``transpose_b=False``:
          tfplace_r{m}/.../MatMul(dy_m, <that>, transpose_b=False)           copy 0's)
 
 The permutation [1, 0] is a placeholder the executor feeds (``_tfplace_value``): as a Const,
-grappler's arithmetic optimizer would fold the Transpose back into each MatMul. There is one
-per device, placed there. The product
+grappler's arithmetic optimizer would fold the Transpose back into each MatMul. The product
 is the same arithmetic: equality with one device is tested with the pipeline's.
 """
 from __future__ import annotations
@@ -48,16 +47,13 @@ def apply(graph_def: Any, *, min_uses: int = 2) -> int:
             continue
         groups.setdefault(src.name, []).append(n)
     done = 0
-    perms: dict[str, str] = {}
     for read, users in sorted(groups.items()):
         if len(users) < min_uses or len({u.device for u in users}) != 1:
             continue
         tensor = read
-        device = users[0].device
-        if device not in perms:          # one per device: fed once, never copied per step
+        if done == 0:
             perm = graph_def.node.add()
-            perm.name = perms[device] = PERM if not perms else f"{PERM}_{len(perms)}"
-            perm.op, perm.device = "Placeholder", device
+            perm.name, perm.op = PERM, "Placeholder"
             perm.attr["dtype"].type = DT_INT32
             perm.attr["shape"].shape.dim.add().size = 2
             value = perm.attr[VALUE_ATTR].tensor
@@ -67,7 +63,7 @@ def apply(graph_def: Any, *, min_uses: int = 2) -> int:
         t = graph_def.node.add()
         t.name = f"{SCOPE}{tensor.split(':')[0]}"
         t.op, t.device = "Transpose", users[0].device
-        t.input.extend([tensor, perms[device]])
+        t.input.extend([tensor, PERM])
         t.attr["T"].CopyFrom(users[0].attr["T"])
         t.attr["Tperm"].type = DT_INT32
         for u in users:

@@ -103,10 +103,6 @@ def _stats(plane: Any, event: Any) -> dict[str, Any]:
 _COPY = re.compile(r"tfplace_step(\d+)/")
 
 
-def _node_of(args: Mapping[str, Any]) -> str:
-    return str(args.get("_node", ""))
-
-
 def xspace_events(xspace: Any, devices: Mapping[str, str],
                   kinds: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """Chrome trace events ("ph": "X", microseconds from the first op) for every kernel in an
@@ -121,19 +117,19 @@ def xspace_events(xspace: Any, devices: Mapping[str, str],
     """
     pids: dict[str, int] = {}
     events: list[dict[str, Any]] = []
-    keys: list[tuple[dict[str, Any], tuple[int, int]]] = []    # (event args, (TF step, copy))
+    keys: list[tuple[dict[str, Any], str, tuple[int, int]]] = []  # (args, node, (TF step, copy))
 
     def emit(node: str, op: str, start_ps: int, dur_ps: int, tid: int, step: int | None,
              phase: str | None = None) -> None:
         device = _resolve(node, devices) or _HOST
         pid = pids.setdefault(device, len(pids))
-        args: dict[str, Any] = {"op": op, "device": device, "_node": node}
+        args: dict[str, Any] = {"op": op, "device": device}
         kind = _resolve(node, kinds or {})
         if kind:
             args["kind"] = kind
         if step is not None:
             copy = _COPY.match(node)
-            keys.append((args, (step, int(copy.group(1)) if copy else 0)))
+            keys.append((args, node, (step, int(copy.group(1)) if copy else 0)))
         if phase:
             args["phase"] = phase
         events.append({"name": node, "cat": kind or "op", "ph": "X", "pid": pid, "tid": tid,
@@ -181,13 +177,11 @@ def xspace_events(xspace: Any, devices: Mapping[str, str],
     # a TF step id is a training step if it ran one of the step's own nodes (imported as
     # "tfplace/...", "tfplace_step2/...", its input reads "tfplace_input/..."): the function
     # runs of a tf.data pipeline prefetching beside the steps have step ids of their own
-    ran = {tf_step for args, (tf_step, _copy) in keys if _node_of(args).startswith("tfplace")}
+    ran = {tf_step for _args, node, (tf_step, _copy) in keys if node.startswith("tfplace")}
     step_ids: dict[tuple[int, int], int] = {}
-    for args, step_copy in keys:
+    for args, _node, step_copy in keys:
         if step_copy[0] in ran:
             args["step"] = step_ids.setdefault(step_copy, len(step_ids))
-    for e in events:
-        e["args"].pop("_node", None)
     t0 = min((e["ts"] for e in events), default=0.0)
     for e in events:
         e["ts"] = round(e["ts"] - t0, 3)

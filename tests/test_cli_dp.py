@@ -88,7 +88,8 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     assert "overlap of gradient sync with backward (3 steps" in out.stdout
     data = json.loads(trace.read_text())
     ops = {e["args"]["op"] for e in data["traceEvents"] if e["ph"] == "X"}
-    assert "CollectiveReduceV2" in ops and "MatMul" in ops
+    # oneDNN hosts run _MklMatMul / _MklNativeFusedMatMul kernels for the graph's MatMuls
+    assert "CollectiveReduceV2" in ops and any(op.endswith("MatMul") for op in ops), sorted(ops)
     reads = [e for e in data["traceEvents"]                       # --input worker: in the
              if e["ph"] == "X" and e["args"]["op"] == "IteratorGetNext"]  # step, per replica
     assert {e["name"].split("/")[1].split("_")[0] for e in reads} == {"r0", "r1"}

@@ -16,6 +16,7 @@ from tfplace.cli_options import (CLUSTER_HELP, DEFAULT_PLACER, SPLITS_HELP, _bat
                                   resolve_cluster)
 from tfplace.errors import BackendError, TfplaceError
 from tfplace.sources import check_source
+from tfplace.tf_startup import quiet_tensorflow_import
 
 if TYPE_CHECKING:
     from tfplace.plan import Plan
@@ -323,6 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 1 internal error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's C++ banner is not our output
+    quiet_tensorflow_import()                            # nor its lines logged while loading
     try:
         args = parse_args(argv)
     except SystemExit as e:                      # --help, --version, or argparse's usage error

@@ -51,6 +51,8 @@ def make_step(model, keras, tf):
 
 def main() -> int:
     import tfplace
+    from tfplace.tf_startup import quiet_tensorflow_import
+    quiet_tensorflow_import()       # TF's start-up INFO lines, held to TF_CPP_MIN_LOG_LEVEL
     print("tfplace demo: launching 2 loopback gRPC workers x 2 devices ...", flush=True)
     t0 = time.perf_counter()
     with tfplace.Cluster.launch_local(workers=2, devices_per_worker=2) as cluster:
@@ -84,12 +86,14 @@ def main() -> int:
             ref_losses.append(float(ref_step(x, y)))
             print(f"step {i + 1}: loss {losses[-1]:.6f} (single device {ref_losses[-1]:.6f})"
                   f"  {dt * 1e3:8.1f} ms")
-        # the test suite's criterion: |a - b| <= 1e-5 * |b| + 1e-7 for every element
+        # the test suite's criterion (tests/models.py, assert_close): every element within
+        # 1e-5 relative to the tensor, |a - b| <= 1e-5 * (|b| + max |b|), and at least 1e-7
         pairs = list(zip(model.get_weights(), ref_model.get_weights()))
-        excess = max(float(np.max(np.abs(a - b) - 1e-5 * np.abs(b))) for a, b in pairs)
+        excess = max(float(np.max(np.abs(a - b) - 1e-5 * np.abs(b)
+                                  - max(1e-7, 1e-5 * float(np.max(np.abs(b)))))) for a, b in pairs)
         worst = max(float(np.max(np.abs(a - b))) for a, b in pairs)
         loss_gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-        ok = excess <= 1e-7 and loss_gap <= 1e-5
+        ok = excess <= 0 and loss_gap <= 1e-5
         print(f"\nweights vs single device: {len(pairs)} tensors, max abs difference {worst:.2e}, "
               f"losses max relative difference {loss_gap:.2e} (tolerance 1e-5 relative) -> "
               f"{'MATCH' if ok else 'MISMATCH'}")

@@ -50,7 +50,7 @@ def test_cond_and_while_are_kept_whole_and_match(local4, placer):
         np.testing.assert_allclose(float(l_got), float(l_ref), rtol=1e-5)
         assert float(a_got) == pytest.approx(1.75)
     for a, b in zip(model.get_weights(), ref_model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        models.assert_close(a, b)
     placement = pstep.plan.placement()
     for n in pstep.executor.captured.graph_def.node:
         assert n.name in placement          # nothing dropped: every node, incl. If/While, placed

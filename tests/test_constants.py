@@ -37,7 +37,7 @@ def test_a_large_captured_constant_is_made_on_the_stage_that_reads_it(local4):
     losses = [float(pstep(x, y)) for x, y in batches]
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     for a, b in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+        models.assert_close(b, a)
     last = pstep.plan.pipeline.stages[-1].devices[0]
     big = [t for _n, t in pstep.executor.constants if int(tf.size(t)) == 160]
     assert big and all(t.device == last for t in big), [t.device for t in big]

@@ -142,4 +142,4 @@ def test_same_names_other_shapes_get_their_own_collective_keys(local4):
             np.testing.assert_allclose(float(pstep(x, y)), float(ref_step(x, y)), rtol=1e-5)
         assert any(n.op == "CollectiveReduceV2" for n in pstep.executor.graph_def.node)
         for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-            np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+            models.assert_close(w_got, w_ref)

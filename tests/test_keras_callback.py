@@ -29,7 +29,7 @@ def test_fit_callback_matches_plain_fit(local4, tmp_path):
     for key in ("loss", "mae"):
         np.testing.assert_allclose(h_got.history[key], h_ref.history[key], rtol=1e-5)
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     np.testing.assert_allclose(got.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0),
                                rtol=1e-5)
     path = str(tmp_path / "got.keras")
@@ -53,6 +53,6 @@ def test_fit_callback_data_parallel_matches_plain_fit(local4, sync):
     for key in ("loss", "mae"):
         np.testing.assert_allclose(h_got.history[key], h_ref.history[key], rtol=1e-5)
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     np.testing.assert_allclose(got.evaluate(x, y, verbose=0), ref.evaluate(x, y, verbose=0),
                                rtol=1e-5)

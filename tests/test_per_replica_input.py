@@ -23,10 +23,10 @@ def _dataset(kind: str, n: int = STEPS, batch: int = 16):
 
 
 def _check(ref_model, ref_losses, model, losses):
-    np.testing.assert_allclose([float(v) for v in losses], ref_losses, rtol=1e-5, atol=1e-7)
+    models.assert_close([float(v) for v in losses], ref_losses)
     assert ref_losses[-1] < ref_losses[0]
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 @pytest.mark.parametrize("kind,replicas,sync,per_call", [

@@ -61,7 +61,7 @@ def test_replicated_pipeline_matches_single_device(kind, schedule, micro, local4
                                 schedule=schedule, data_parallel=R)
     models.assert_same_training(ref, (model, pstep), kind=kind)
     for a, b in zip(ref[0].step_optimizer.variables, model.step_optimizer.variables):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+        models.assert_close(np.asarray(b), np.asarray(a))
     pipe = pstep.plan.pipeline
     assert (pipe.schedule, pipe.micro_batches, pipe.global_batch) == (schedule, micro, 16)
     assert pstep.plan.sync.method == "ring"
@@ -82,7 +82,7 @@ def test_fit_callback_replicated_pipeline(local4):
     assert cb.plan.sync.method == "ps"
     np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 def test_plan_errors(local4):

@@ -77,7 +77,7 @@ def test_pipeline_matches_single_device(kind, schedule, micro, local4):
     assert len({s.devices[0] for s in pipe.stages}) == K
     # the optimizer slots trained the same way (Adam's m and v, SGD's momentum)
     for a, b in zip(ref[0].step_optimizer.variables, model.step_optimizer.variables):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+        models.assert_close(np.asarray(b), np.asarray(a))
     _check_graph(pstep)
     if kind == "mlp8":                             # the queues, on the default backend
         from test_pipeline_queues import check_queues
@@ -118,7 +118,7 @@ def test_fit_callback_matches_plain_fit(local4):
     assert any(u in layers for s in cb.plan.pipeline.stages for u in s.units)
     np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 def test_batchnorm_differs_per_micro_batch(local4):

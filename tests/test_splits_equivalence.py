@@ -151,7 +151,7 @@ def test_refresh_and_manual_write_back(local4) -> None:
     pstep(x, y)
     pstep.write_back()
     for a, b in zip(ref[0].get_weights(), model.get_weights()):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+        models.assert_close(b, a)
     new = [w * 0.5 for w in ref[0].get_weights()]
     ref[0].set_weights(new)
     model.set_weights(new)
@@ -161,7 +161,7 @@ def test_refresh_and_manual_write_back(local4) -> None:
         np.testing.assert_allclose(float(pstep(x, y)), float(ref[1](x, y)), rtol=1e-5)
     pstep.write_back()
     for a, b in zip(ref[0].get_weights(), model.get_weights()):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+        models.assert_close(b, a)
 
 
 def test_keras_fit_with_splits_matches_plain_fit(local4, tmp_path) -> None:

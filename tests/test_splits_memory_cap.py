@@ -118,7 +118,7 @@ def test_keras_callback_auto_on_the_capped_cluster(capped) -> None:
     assert [a.variable for a in cb.plan.splits.auto if a.chosen] == ["wide/kernel"]
     np.testing.assert_allclose(h_got.history["loss"], h_ref.history["loss"], rtol=1e-5)
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 WIDE_SCRIPT = '''

@@ -38,10 +38,10 @@ def test_steps_per_call_match_single_device(options, per_call, local4):
     pstep = tfplace.parallelize(step, cluster=local4, placer="single", **options)
     outs = pstep.run(batches, steps_per_execution=per_call)
     assert len(outs) == STEPS
-    np.testing.assert_allclose([float(o) for o in outs], ref_losses, rtol=1e-5, atol=1e-7)
+    models.assert_close([float(o) for o in outs], ref_losses)
     assert ref_losses[-1] < ref_losses[0]
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     ex = pstep.executor
     # STEPS // per_call calls of the K-step function; a shorter last group ran step by step
     assert list(ex._multi) == [(per_call, "whole")]  # noqa: SLF001
@@ -54,9 +54,9 @@ def test_embedding_sparse_gradients_several_steps_per_call(local4):
     pstep = tfplace.parallelize(step, cluster=local4, placer="single", data_parallel=2,
                                 sync="ring")
     outs = pstep.run(iter(batches), steps_per_execution=2)
-    np.testing.assert_allclose([float(o) for o in outs], ref_losses, rtol=1e-5, atol=1e-7)
+    models.assert_close([float(o) for o in outs], ref_losses)
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 def test_keras_steps_per_execution_goes_through_one_call(local4):
@@ -70,7 +70,7 @@ def test_keras_steps_per_execution_goes_through_one_call(local4):
                                    sync="ring")
     hist = got.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
     for w_ref, w_got in zip(ref.get_weights(), got.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     assert list(cb.executor._multi) == [(2, "whole")]  # noqa: SLF001
     assert np.isfinite(hist.history["loss"]).all()
 

@@ -30,9 +30,9 @@ def test_grpc_several_steps_per_call_match_single_device(workers2):
     pstep = tfplace.parallelize(step, cluster=workers2, placer="single",
                                 data_parallel=4, sync="ring")
     losses = [float(o) for o in pstep.run(batches, steps_per_execution=3)]
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-7)
+    models.assert_close(losses, ref_losses)
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     assert list(pstep.executor._multi) == [(3, "whole")]  # noqa: SLF001
 
 
@@ -51,9 +51,9 @@ def test_grpc_prefetch_reads_each_share_on_its_worker(workers2):
     it = pstep.prefetch(ds)
     losses = [float(pstep(*next(it))) for _ in range(3)]
     losses += [float(v) for v in pstep.run(it, steps_per_execution=2)]
-    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-7)
+    models.assert_close(losses, ref_losses)
     for w_ref, w_got in zip(ref_model.get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
     fn = pstep.executor._multi[2, "lazy"]                    # noqa: SLF001
     reads = sorted(op.device.split("/device:")[0] for op in fn.graph.get_operations()
                    if op.type == "IteratorGetNext")

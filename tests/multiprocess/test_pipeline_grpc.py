@@ -50,7 +50,7 @@ def test_prefetch_reads_each_input_on_the_stage_that_uses_it(workers2):
     expected = [float(ref[1](x, y)) for x, y in batches]
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
     for w_ref, w_got in zip(ref[0].get_weights(), model.get_weights()):
-        np.testing.assert_allclose(w_got, w_ref, rtol=1e-5, atol=1e-7)
+        models.assert_close(w_got, w_ref)
 
 
 def test_prefetch_reads_the_dataset_on_the_worker_unless_it_cannot_move(workers2):

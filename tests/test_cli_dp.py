@@ -90,6 +90,11 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     ops = {e["args"]["op"] for e in data["traceEvents"] if e["ph"] == "X"}
     # oneDNN hosts run _MklMatMul / _MklNativeFusedMatMul kernels for the graph's MatMuls
     assert "CollectiveReduceV2" in ops and any(op.endswith("MatMul") for op in ops), sorted(ops)
+    # with 2 steps per call, the second step's copy ("tfplace_step1/...") is on the devices too
+    matmuls = [e for e in data["traceEvents"] if e["ph"] == "X" and e["name"].endswith("MatMul")]
+    assert {e["name"].split("/")[0] for e in matmuls} == {"tfplace", "tfplace_step1"}
+    devices = {e["args"]["device"] for e in matmuls}       # one per replica, no "host"
+    assert len(devices) == 2 and all(d.startswith("/job:localhost/") for d in devices), devices
     reads = [e for e in data["traceEvents"]                       # --input worker: in the
              if e["ph"] == "X" and e["args"]["op"] == "IteratorGetNext"]  # step, per replica
     assert {e["name"].split("/")[1].split("_")[0] for e in reads} == {"r0", "r1"}

@@ -5,8 +5,8 @@ import json
 
 import models
 import tfplace
-from tfplace.runtime.trace import (format_overlap, op_kinds, overlap_report, trace_steps,
-                                   xspace_events)
+from tfplace.runtime.trace import (_resolve, format_overlap, op_kinds, overlap_report,
+                                   trace_steps, xspace_events)
 
 D0, D1 = "/job:localhost/replica:0/task:0/device:CPU:0", "/job:localhost/replica:0/task:0/device:CPU:1"
 
@@ -56,6 +56,16 @@ def test_op_kinds_follow_data_edges_only() -> None:
         n.input.extend(inputs)
     assert op_kinds(gd) == {"tfplace_r0/gradient_tape/g": "backward",
                             "tfplace_sync/concat": "sync", "tfplace_sync/collective": "sync"}
+
+
+def test_every_copy_of_the_step_resolves_to_its_node() -> None:
+    table = {"dense/MatMul": D1, "x": D0}
+    assert _resolve("tfplace/dense/MatMul", table) == D1
+    assert _resolve("tfplace_step3/dense/MatMul", table) == D1        # steps_per_execution
+    assert _resolve("tfplace_step3/dense/MatMul/_12", table) == D1    # TF's _Send/_Recv
+    assert _resolve("dense/MatMul", table) == D1
+    assert _resolve("tfplace_stepx/dense/MatMul", table) is None
+    assert _resolve("tfplace_input/x", table) is None
 
 
 def test_empty_xspace_has_no_events() -> None:

@@ -80,10 +80,17 @@ def _node_devices(graph_def: Any) -> dict[str, str]:
     return {n.name: n.device for n in graph_def.node if n.device}
 
 
+# the scope a node was imported under: the step's graph ("tfplace/"), or its copy j >= 1 in a
+# call that runs several steps ("tfplace_step2/", tfplace.runtime.executor)
+_SCOPE = re.compile(rf"{IMPORT_SCOPE}(?:_step\d+)?/")
+
+
 def _resolve(node: str, table: Mapping[str, str]) -> str | None:
-    """``table``'s entry for ``node`` or for the nearest enclosing name (TF adds
-    ``/_12``-style suffixes for the _Send/_Recv pairs it inserts between partitions)."""
-    name = node[len(IMPORT_SCOPE) + 1:] if node.startswith(IMPORT_SCOPE + "/") else node
+    """``table``'s entry (keyed by the rewritten graph's node names) for ``node`` or for the
+    nearest enclosing name (TF adds ``/_12``-style suffixes for the _Send/_Recv pairs it
+    inserts between partitions). Every copy of the step resolves to the graph's node."""
+    scope = _SCOPE.match(node)
+    name = node[scope.end():] if scope else node
     while name:
         if name in table:
             return table[name]

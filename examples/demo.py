@@ -49,6 +49,51 @@ def make_step(model, keras, tf):
     return train_step
 
 
+def train_and_compare(tfplace, cluster) -> bool:
+    """Train the tfplace step and the single-device step side by side; True when they match.
+    (Its own function so that the steps are gone before the workers stop.)"""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    ref_model, model = build(keras), build(keras)
+    model.set_weights(ref_model.get_weights())
+    ref_step = make_step(ref_model, keras, tf)
+    step = tfplace.parallelize(make_step(model, keras, tf), cluster=cluster, placer="m_etf")
+    rng = np.random.default_rng(0)
+    # synthetic task: the label is the most frequent token bucket of the sequence
+    batches = []
+    for _ in range(STEPS):
+        x = rng.integers(0, VOCAB, size=(BATCH, SEQ)).astype("int32")
+        y = np.array([np.bincount(r % CLASSES, minlength=CLASSES).argmax() for r in x],
+                     dtype="int32")
+        batches.append((x, y))
+    print(f"model: Transformer encoder ({BLOCKS} blocks, width {WIDTH}, {SEQ} tokens), "
+          f"{model.count_params():,} parameters, batch {BATCH}, {STEPS} steps\n")
+    losses, ref_losses = [], []
+    for i, (x, y) in enumerate(batches):
+        t = time.perf_counter()
+        losses.append(float(step(x, y)))
+        dt = time.perf_counter() - t
+        if i == 0:
+            print(step.plan.summary())
+            print()
+        ref_losses.append(float(ref_step(x, y)))
+        print(f"step {i + 1}: loss {losses[-1]:.6f} (single device {ref_losses[-1]:.6f})"
+              f"  {dt * 1e3:8.1f} ms")
+    # the test suite's criterion (tests/models.py, assert_close): every element within
+    # 1e-5 relative to the tensor, |a - b| <= 1e-5 * (|b| + max |b|), and at least 1e-7
+    pairs = list(zip(model.get_weights(), ref_model.get_weights()))
+    excess = max(float(np.max(np.abs(a - b) - 1e-5 * np.abs(b)
+                              - max(1e-7, 1e-5 * float(np.max(np.abs(b)))))) for a, b in pairs)
+    worst = max(float(np.max(np.abs(a - b))) for a, b in pairs)
+    loss_gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
+    ok = excess <= 0 and loss_gap <= 1e-5
+    print(f"\nweights vs single device: {len(pairs)} tensors, max abs difference {worst:.2e}, "
+          f"losses max relative difference {loss_gap:.2e} (tolerance 1e-5 relative) -> "
+          f"{'MATCH' if ok else 'MISMATCH'}")
+    return ok
+
+
 def main() -> int:
     import tfplace
     from tfplace.tf_startup import quiet_tensorflow_import
@@ -58,45 +103,7 @@ def main() -> int:
     with tfplace.Cluster.launch_local(workers=2, devices_per_worker=2) as cluster:
         print(f"  workers up in {time.perf_counter() - t0:.1f} s: "
               f"{', '.join(t.address for t in cluster.tasks)}")
-        import keras
-        import numpy as np
-        import tensorflow as tf
-        ref_model, model = build(keras), build(keras)
-        model.set_weights(ref_model.get_weights())
-        ref_step = make_step(ref_model, keras, tf)
-        step = tfplace.parallelize(make_step(model, keras, tf), cluster=cluster, placer="m_etf")
-        rng = np.random.default_rng(0)
-        # synthetic task: the label is the most frequent token bucket of the sequence
-        batches = []
-        for _ in range(STEPS):
-            x = rng.integers(0, VOCAB, size=(BATCH, SEQ)).astype("int32")
-            y = np.array([np.bincount(r % CLASSES, minlength=CLASSES).argmax() for r in x],
-                         dtype="int32")
-            batches.append((x, y))
-        print(f"model: Transformer encoder ({BLOCKS} blocks, width {WIDTH}, {SEQ} tokens), "
-              f"{model.count_params():,} parameters, batch {BATCH}, {STEPS} steps\n")
-        losses, ref_losses = [], []
-        for i, (x, y) in enumerate(batches):
-            t = time.perf_counter()
-            losses.append(float(step(x, y)))
-            dt = time.perf_counter() - t
-            if i == 0:
-                print(step.plan.summary())
-                print()
-            ref_losses.append(float(ref_step(x, y)))
-            print(f"step {i + 1}: loss {losses[-1]:.6f} (single device {ref_losses[-1]:.6f})"
-                  f"  {dt * 1e3:8.1f} ms")
-        # the test suite's criterion (tests/models.py, assert_close): every element within
-        # 1e-5 relative to the tensor, |a - b| <= 1e-5 * (|b| + max |b|), and at least 1e-7
-        pairs = list(zip(model.get_weights(), ref_model.get_weights()))
-        excess = max(float(np.max(np.abs(a - b) - 1e-5 * np.abs(b)
-                                  - max(1e-7, 1e-5 * float(np.max(np.abs(b)))))) for a, b in pairs)
-        worst = max(float(np.max(np.abs(a - b))) for a, b in pairs)
-        loss_gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
-        ok = excess <= 0 and loss_gap <= 1e-5
-        print(f"\nweights vs single device: {len(pairs)} tensors, max abs difference {worst:.2e}, "
-              f"losses max relative difference {loss_gap:.2e} (tolerance 1e-5 relative) -> "
-              f"{'MATCH' if ok else 'MISMATCH'}")
+        ok = train_and_compare(tfplace, cluster)
     return 0 if ok else 1
 
 

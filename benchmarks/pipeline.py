@@ -365,7 +365,8 @@ def trace(a: argparse.Namespace, step: Any, cluster: Any, pipe: Any, batches: An
     graph_def = step.executor.graph_def
     addresses = [t.address for t in cluster._launcher.tasks]   # noqa: SLF001 - worker ports
     window_ms = int(1000 * (a.trace_steps * (3 * step_s + pause) + 2.0))
-    with trace_workers(addresses, graph_def, duration_ms=window_ms) as recorded:
+    with trace_workers(addresses, graph_def, duration_ms=window_ms,
+                       inputs=step.executor.input_devices) as recorded:
         t = time.perf_counter()
         for _ in range(a.trace_steps):
             step(*next(batches)).numpy()

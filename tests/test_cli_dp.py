@@ -98,4 +98,6 @@ def test_run_data_parallel_with_trace(script, tmp_path) -> None:
     reads = [e for e in data["traceEvents"]                       # --input worker: in the
              if e["ph"] == "X" and e["args"]["op"] == "IteratorGetNext"]  # step, per replica
     assert {e["name"].split("/")[1].split("_")[0] for e in reads} == {"r0", "r1"}
+    # each replica's read is filed under the device it ran on (the executor's input_devices)
+    assert {e["args"]["device"] for e in reads} == devices, {e["args"]["device"] for e in reads}
     assert data["otherData"]["tfplace_overlap"]["sync_ops"] > 0

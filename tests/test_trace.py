@@ -66,6 +66,11 @@ def test_every_copy_of_the_step_resolves_to_its_node() -> None:
     assert _resolve("dense/MatMul", table) == D1
     assert _resolve("tfplace_stepx/dense/MatMul", table) is None
     assert _resolve("tfplace_input/x", table) is None
+    reads = {"tfplace_input/r1": D1}                                  # executor.input_devices
+    assert _resolve("tfplace_input/r1/IteratorGetNext", reads) == D1
+    assert _resolve("tfplace_input/r1_2/IteratorGetNext", reads) == D1  # in a later copy
+    assert _resolve("tfplace_input_2/r1/IteratorGetNext", reads) == D1
+    assert _resolve("tfplace_input_2/r0/IteratorGetNext", reads) is None
 
 
 def test_empty_xspace_has_no_events() -> None:

@@ -50,7 +50,7 @@ def run_source(source: str, cluster: Cluster, *, placer: str = "m_etf", steps: i
     if not trace:
         return _train(ex, example, steps, steps_per_execution, batches)
     from tfplace.runtime.trace import trace_ops, write_trace
-    with trace_ops(ex.graph_def) as recorded:
+    with trace_ops(ex.graph_def, ex.input_devices) as recorded:
         losses = _train(ex, example, steps, steps_per_execution, batches)
     write_trace(recorded, trace)
     return losses

@@ -75,6 +75,9 @@ class Executor:
         self.shard_copies: list[tuple[str, Any, int, int, int]] = []   # other replicas' shards
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
+        # "tfplace_input/r{r}" -> the device replica r's reads run on, when the step reads its
+        # arguments itself (step.prefetch): for the traces, which know the graph's nodes only
+        self.input_devices: dict[str, str] = {}
         sum_ids = {id(v) for v in sum_variables}
         readers = consumer_devices(graph_def)
         for node in graph_def.node:
@@ -208,6 +211,8 @@ class Executor:
         for j in range(k):
             input_map = dict(shared)
             if source is not None:
+                self.input_devices.update(
+                    {f"tfplace_input/r{r}": d for r, d in enumerate(source.devices)})
                 got = source.get_next(flat)
                 step_in = [source.pick(got, r, i) for i, group in enumerate(groups)
                            for r in range(len(group))]

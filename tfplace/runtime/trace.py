@@ -1,5 +1,5 @@
-"""Op-level Chrome traces of executed steps, read from TF's profiler, and the measured overlap
-of gradient sync with backward compute.
+"""Op-level Chrome traces of executed steps, read from TF's profiler (the overlap of gradient
+sync with backward compute that they show is measured in ``runtime.overlap``).
 
 Where the numbers come from (TF 2.21): ``context.enable_run_metadata()`` no longer records
 ``step_stats`` for functions (it returns only the partition graphs), so the timings come from
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
 from tfplace.errors import BackendError
+from tfplace.runtime.overlap import format_overlap, is_backward_op, is_sync_op, overlap_report
 
 __all__ = ["OpTrace", "trace_ops", "trace_steps", "xspace_events", "overlap_report",
            "format_overlap", "op_kinds", "is_sync_op", "is_backward_op", "write_trace",
@@ -38,15 +39,6 @@ _ASYNC_START = "ExecutorState::ProcessAsync::Start"
 _ASYNC_DONE = "ExecutorState::ProcessAsync::Done"
 _PROCESS = "ExecutorState::Process"
 _HOST = "host (unplaced)"
-
-
-def is_sync_op(name: str) -> bool:
-    """By name only: a node of the replication pass's ``tfplace_sync/`` scope."""
-    return "tfplace_sync/" in name
-
-
-def is_backward_op(name: str) -> bool:
-    return "gradient_tape/" in name and not is_sync_op(name)
 
 
 def op_kinds(graph_def: Any) -> dict[str, str]:
@@ -80,9 +72,19 @@ def _node_devices(graph_def: Any) -> dict[str, str]:
     return {n.name: n.device for n in graph_def.node if n.device}
 
 
+def _graph_events(space: Any, graph_def: Any, inputs: Mapping[str, str] | None
+                  ) -> list[dict[str, Any]]:
+    """The events of a step's run: its nodes' and input reads' devices, its nodes' kinds."""
+    return xspace_events(space, {**_node_devices(graph_def), **(inputs or {})},
+                         op_kinds(graph_def))
+
+
 # the scope a node was imported under: the step's graph ("tfplace/"), or its copy j >= 1 in a
 # call that runs several steps ("tfplace_step2/", tfplace.runtime.executor)
 _SCOPE = re.compile(rf"{IMPORT_SCOPE}(?:_step\d+)?/")
+# a step's own reads of its arguments (per_replica.Shares.get_next), TF numbering the scopes of
+# copy j >= 1: "tfplace_input/r0_1/IteratorGetNext" is read where "tfplace_input/r0" is
+_INPUT = re.compile(r"^tfplace_input(?:_\d+)?/(r\d+)(?:_\d+)?/")
 
 
 def _resolve(node: str, table: Mapping[str, str]) -> str | None:
@@ -90,7 +92,7 @@ def _resolve(node: str, table: Mapping[str, str]) -> str | None:
     nearest enclosing name (TF adds ``/_12``-style suffixes for the _Send/_Recv pairs it
     inserts between partitions). Every copy of the step resolves to the graph's node."""
     scope = _SCOPE.match(node)
-    name = node[scope.end():] if scope else node
+    name = node[scope.end():] if scope else _INPUT.sub(r"tfplace_input/\1/", node, count=1)
     while name:
         if name in table:
             return table[name]
@@ -200,108 +202,6 @@ def xspace_events(xspace: Any, devices: Mapping[str, str],
     return meta_events + sorted(events, key=lambda e: (e["ts"], e["pid"]))
 
 
-def _union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for s, e in sorted(intervals):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def _intersection(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
-    """Total length of the intersection of two sorted, disjoint interval lists."""
-    i = j = 0
-    total = 0.0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if hi > lo:
-            total += hi - lo
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return total
-
-
-def _length(intervals: Sequence[tuple[float, float]]) -> float:
-    return sum(e - s for s, e in intervals)
-
-
-def _kind(event: Mapping[str, Any]) -> str | None:
-    """The event's "kind" arg when the trace has one, else a guess from its name."""
-    args = event.get("args") or {}
-    if "kind" in args or "op" in args:
-        return args.get("kind")
-    name = str(event.get("name", ""))
-    return "sync" if is_sync_op(name) else "backward" if is_backward_op(name) else None
-
-
-def _spans(ops: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    return _union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
-
-
-def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """How much gradient sync ran while backward was still computing, measured from a trace.
-
-    Per device with sync ops: ``sync_us``, the time any of its sync ops was in flight
-    (asynchronous collectives count from launch to done, so waiting for a slower replica
-    counts too), and ``overlap_us``, the part of it during which a backward op ran on ANY
-    device; ``active_us``/``active_overlap_us`` are the same for the sync kernels' own
-    execution only (launch-to-done spans left out). Backward counts only running kernels
-    (a backward _Recv waiting for its tensor is not compute). Per step: the number of steps in which
-    the first sync op started before the last backward op of that step ended."""
-    names = {e["pid"]: e["args"]["name"] for e in events
-             if e.get("ph") == "M" and e.get("name") == "process_name"}
-    ops = [e for e in events if e.get("ph") == "X"]
-    sync = [e for e in ops if _kind(e) == "sync"]
-    back = [e for e in ops if _kind(e) == "backward"            # computing, not waiting
-            and (e.get("args") or {}).get("phase") != "launch-to-done"]
-    backward = _spans(back)
-    per_device: dict[str, dict[str, float]] = {}
-    for pid in sorted({e["pid"] for e in sync}):
-        mine = [e for e in sync if e["pid"] == pid]
-        active = [e for e in mine if (e.get("args") or {}).get("phase") != "launch-to-done"]
-        spans, run = _spans(mine), _spans(active)
-        per_device[names.get(pid, str(pid))] = {
-            "sync_us": round(_length(spans), 3),
-            "overlap_us": round(_intersection(spans, backward), 3),
-            "active_us": round(_length(run), 3),
-            "active_overlap_us": round(_intersection(run, backward), 3)}
-    steps = sorted({s for e in ops if (s := (e.get("args") or {}).get("step")) is not None})
-    early = 0
-    for step in steps:
-        first = min((e["ts"] for e in sync if e["args"].get("step") == step), default=None)
-        last = max((e["ts"] + e["dur"] for e in back if e["args"].get("step") == step),
-                   default=None)
-        early += first is not None and last is not None and first < last
-    return {"devices": per_device, "sync_ops": len(sync), "backward_ops": len(back),
-            "backward_us": round(_length(backward), 3), "steps": len(steps),
-            "steps_sync_before_backward_end": early,
-            "first_sync_us": min((e["ts"] for e in sync), default=None),
-            "last_backward_end_us": max((end for _s, end in backward), default=None)}
-
-
-def format_overlap(report: Mapping[str, Any]) -> str:
-    """The overlap report as a few lines for the console."""
-    lines = [f"overlap of gradient sync with backward ({report['steps']} steps, "
-             f"{report['sync_ops']} sync / {report['backward_ops']} backward op runs, "
-             f"backward busy {report['backward_us'] / 1e3:.3f} ms):"]
-    if not report["devices"]:
-        lines.append("  no gradient-sync ops ran in this process (the step is not data parallel, "
-                     "or its replicas ran on gRPC workers, whose kernels are not profiled)")
-    for device, d in report["devices"].items():
-        lines.append(f"  {device}: sync in flight {d['sync_us'] / 1e3:.3f} ms, "
-                     f"{d['overlap_us'] / 1e3:.3f} ms of it during backward; sync kernels "
-                     f"running {d['active_us'] / 1e3:.3f} ms, "
-                     f"{d['active_overlap_us'] / 1e3:.3f} ms during backward")
-    if report["devices"]:
-        lines.append(f"  steps where sync started before backward ended: "
-                     f"{report['steps_sync_before_backward_end']} of {report['steps']}")
-    return "\n".join(lines)
-
-
 @dataclass
 class OpTrace:
     """The events of one profiled run (filled when ``trace_ops`` exits)."""
@@ -321,8 +221,9 @@ def write_trace(trace: OpTrace, path: str) -> None:
 
 
 @contextlib.contextmanager
-def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
-    """Profile the TF ops run inside the block; the events appear on the yielded OpTrace."""
+def trace_ops(graph_def: Any, inputs: Mapping[str, str] | None = None) -> Iterator[OpTrace]:
+    """Profile the TF ops run inside the block; the events appear on the yielded OpTrace.
+    ``inputs``: the executor's ``input_devices``, read when the block has run."""
     import tensorflow as tf
     result = OpTrace()
     with tempfile.TemporaryDirectory(prefix="tfplace_trace_") as logdir:
@@ -339,7 +240,7 @@ def trace_ops(graph_def: Any) -> Iterator[OpTrace]:
         finally:
             tf.profiler.experimental.stop()
         space = _read_xspace(logdir)
-    result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
+    result.events = _graph_events(space, graph_def, inputs)
 
 
 def _read_xspace(logdir: str) -> Any:
@@ -355,10 +256,12 @@ def _read_xspace(logdir: str) -> Any:
 
 @contextlib.contextmanager
 def trace_workers(addresses: Sequence[str], graph_def: Any, *, duration_ms: int,
-                  start_delay: float = 0.5) -> Iterator[OpTrace]:
+                  start_delay: float = 0.5, inputs: Mapping[str, str] | None = None
+                  ) -> Iterator[OpTrace]:
     """Profile the gRPC workers at ``addresses`` ("host:port") for ``duration_ms`` while the
     block runs (the block should fit in that window, after ``start_delay`` seconds of set-up);
-    their kernels appear on the yielded OpTrace, one Chrome process per device."""
+    their kernels appear on the yielded OpTrace, one Chrome process per device (``inputs`` as
+    in ``trace_ops``)."""
     import threading
     import tensorflow as tf
     result = OpTrace()
@@ -381,7 +284,7 @@ def trace_workers(addresses: Sequence[str], graph_def: Any, *, duration_ms: int,
             raise BackendError(f"profiling the workers ({', '.join(addresses)}) failed: "
                                f"{failed[0]}") from failed[0]
         space = _read_xspace(logdir)
-    result.events = xspace_events(space, _node_devices(graph_def), op_kinds(graph_def))
+    result.events = _graph_events(space, graph_def, inputs)
 
 
 def trace_steps(executor: Any, args: Sequence[Any], steps: int, path: str | None = None,
@@ -389,7 +292,7 @@ def trace_steps(executor: Any, args: Sequence[Any], steps: int, path: str | None
     """Run ``executor(*args, **kwargs)`` ``steps`` times under the profiler; write the Chrome
     trace to ``path`` when given, and return it."""
     import tensorflow as tf
-    with trace_ops(executor.graph_def) as trace:
+    with trace_ops(executor.graph_def, executor.input_devices) as trace:
         for _ in range(steps):
             out = executor(*args, **dict(kwargs or {}))
             for t in tf.nest.flatten(out):          # wait for the step before the next one

@@ -42,6 +42,8 @@ def test_a_large_captured_constant_is_made_on_the_stage_that_reads_it(local4):
     big = [t for _n, t in pstep.executor.constants if int(tf.size(t)) == 160]
     assert big and all(t.device == last for t in big), [t.device for t in big]
     assert proj.device != last
+    # each micro-batch's copy of the step has its own placeholder; they share one copy
+    assert len(big) == 2 and big[0] is big[1]
 
 
 def test_near_moves_only_what_tf_passes_as_an_argument(local4):

@@ -9,7 +9,7 @@ from tfplace.rewrite.repeat import step_copy
 from tfplace.runtime.devices import prepare
 from tfplace.runtime.graph_import import import_graph_def as tf_import
 from tfplace.runtime import writeback
-from tfplace.runtime.constants import consumer_devices, near, same_device
+from tfplace.runtime.constants import attached_value, consumer_devices, near, same_device
 from tfplace.runtime.live import live
 from tfplace.runtime.per_replica import PerReplica, flatten_shares, lazy_source
 
@@ -75,11 +75,10 @@ class Executor:
         self.shard_copies: list[tuple[str, Any, int, int, int]] = []   # other replicas' shards
         self.constants: list[tuple[str, Any]] = []
         self.tokens: list[tuple[str, Any]] = []
-        # "tfplace_input/r{r}" -> the device replica r's reads run on, when the step reads its
-        # arguments itself (step.prefetch): for the traces, which know the graph's nodes only
-        self.input_devices: dict[str, str] = {}
+        self.input_devices: dict[str, str] = {}    # its input reads' scopes -> devices (traces)
         sum_ids = {id(v) for v in sum_variables}
         readers = consumer_devices(graph_def)
+        made: dict = {}                                # constants' copies, one per device
         for node in graph_def.node:
             if node.op != "Placeholder" or node.name in captured.inputs:
                 continue
@@ -88,9 +87,8 @@ class Executor:
                 self._add_shard(node, captured)
                 continue
             if "_tfplace_value" in node.attr:          # a constant the rewrite needs fed
-                from tensorflow.python.framework import tensor_util
-                value = tf.constant(tensor_util.MakeNdarray(node.attr["_tfplace_value"].tensor))
-                self.constants.append((node.name, near(readers.get(node.name, set()), value)))
+                self.constants.append((node.name, near(readers.get(node.name, set()),
+                                                       attached_value(node))))
                 continue
             if base.startswith("tfplace_token/"):      # a collective's per-device ordering token
                 with tf.device(node.device):
@@ -98,7 +96,7 @@ class Executor:
                 continue
             if base in captured.constants:
                 self.constants.append((node.name, near(readers.get(node.name, set()),
-                                                       captured.constants[base])))
+                                                       captured.constants[base], made)))
                 continue
             orig = captured.bindings.get(base)
             if orig is None:
@@ -211,8 +209,7 @@ class Executor:
         for j in range(k):
             input_map = dict(shared)
             if source is not None:
-                self.input_devices.update(
-                    {f"tfplace_input/r{r}": d for r, d in enumerate(source.devices)})
+                self.input_devices.update(source.scopes())
                 got = source.get_next(flat)
                 step_in = [source.pick(got, r, i) for i, group in enumerate(groups)
                            for r in range(len(group))]

@@ -128,6 +128,11 @@ class Shares:
     def handles(self) -> list[Any]:
         return [it._iterator_resource for it in self.iterators]  # noqa: SLF001 - the resource
 
+    def scopes(self) -> dict[str, str]:
+        """The name scope of each reader's reads in a step -> its device: the traces know the
+        devices of the step's graph nodes only."""
+        return {_scope(r): device for r, device in enumerate(self.devices)}
+
     def get_next(self, handles: Sequence[Any]) -> list[list[Any]]:
         """Inside a step's function: each replica's next element, read on its device."""
         import tensorflow as tf
@@ -135,11 +140,15 @@ class Shares:
         for r, (device, handle) in enumerate(zip(self.devices, handles)):
             specs = self.specs if self.columns is None else [self.specs[i]
                                                              for i in self.columns[r]]
-            with tf.device(device), tf.name_scope(f"tfplace_input/r{r}"):
+            with tf.device(device), tf.name_scope(_scope(r)):
                 out.append(list(tf.raw_ops.IteratorGetNext(
                     iterator=handle, output_types=[s.dtype for s in specs],
                     output_shapes=[s.shape for s in specs])))
         return out
+
+
+def _scope(reader: int) -> str:
+    return f"tfplace_input/r{reader}"
 
 
 def flatten_shares(flat: Sequence[Any], names: Sequence[Sequence[str]],

@@ -54,7 +54,27 @@ class LocalWorkers:
         "Failed to remove function remotely due to Socket closed" for each one."""
         if self._finalizer.alive and "tensorflow" in sys.modules:
             gc.collect()
+            self._after_removals()
         self._finalizer()
+
+    def _after_removals(self, timeout: float = 2.0) -> None:
+        """Return when every live worker has run a trivial op from here, or after ``timeout``
+        seconds (a worker busy with a failed step's op): TF sends the removals on the same
+        ordered stream as the op, asynchronously, and killing a worker before it has taken
+        them fails them with "Connection reset by peer"."""
+        import tensorflow as tf
+        live = [t for p, t in zip(self.procs, self.tasks) if p.poll() is None]
+
+        def ping() -> None:
+            try:
+                for t in live:
+                    with tf.device(f"/job:{t.job}/replica:0/task:{t.index}/device:CPU:0"):
+                        tf.zeros(()).numpy()
+            except Exception:  # noqa: BLE001 - not connected, or a worker gone: nothing to wait
+                pass
+        thread = threading.Thread(target=ping, name="tfplace-shutdown", daemon=True)
+        thread.start()
+        thread.join(timeout)
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:

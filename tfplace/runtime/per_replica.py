@@ -147,8 +147,11 @@ class Shares:
         return out
 
 
+INPUT_SCOPE = "tfplace_input"       # a step's own reads: "tfplace_input/r0/IteratorGetNext"
+
+
 def _scope(reader: int) -> str:
-    return f"tfplace_input/r{reader}"
+    return f"{INPUT_SCOPE}/r{reader}"
 
 
 def flatten_shares(flat: Sequence[Any], names: Sequence[Sequence[str]],

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from tfplace.errors import BackendError
 from tfplace.runtime.overlap import format_overlap, is_backward_op, is_sync_op, overlap_report
+from tfplace.runtime.per_replica import INPUT_SCOPE
 
 __all__ = ["OpTrace", "trace_ops", "trace_steps", "xspace_events", "overlap_report",
            "format_overlap", "op_kinds", "is_sync_op", "is_backward_op", "write_trace",
@@ -84,7 +85,7 @@ def _graph_events(space: Any, graph_def: Any, inputs: Mapping[str, str] | None
 _SCOPE = re.compile(rf"{IMPORT_SCOPE}(?:_step\d+)?/")
 # a step's own reads of its arguments (per_replica.Shares.get_next), TF numbering the scopes of
 # copy j >= 1: "tfplace_input/r0_1/IteratorGetNext" is read where "tfplace_input/r0" is
-_INPUT = re.compile(r"^tfplace_input(?:_\d+)?/(r\d+)(?:_\d+)?/")
+_INPUT = re.compile(rf"^{INPUT_SCOPE}(?:_\d+)?/(r\d+)(?:_\d+)?/")
 
 
 def _resolve(node: str, table: Mapping[str, str]) -> str | None:
@@ -92,7 +93,7 @@ def _resolve(node: str, table: Mapping[str, str]) -> str | None:
     nearest enclosing name (TF adds ``/_12``-style suffixes for the _Send/_Recv pairs it
     inserts between partitions). Every copy of the step resolves to the graph's node."""
     scope = _SCOPE.match(node)
-    name = node[scope.end():] if scope else _INPUT.sub(r"tfplace_input/\1/", node, count=1)
+    name = node[scope.end():] if scope else _INPUT.sub(rf"{INPUT_SCOPE}/\1/", node, count=1)
     while name:
         if name in table:
             return table[name]

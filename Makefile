@@ -42,7 +42,8 @@ $(OPS_SO): custom_ops/channel.cc | $(STAMP)
 
 # TFPLACE_REQUIRE_OPS: the C++ channel tests fail instead of skipping when the op is missing.
 # Two pytest processes (pytest-xdist): many tests wait on worker start-up and RPCs, and the
-# suite took 206 s with two against 401 s with one on 2 cores. TEST_PROCS=0 runs it in one.
+# suite took 194-206 s with two against 329-401 s with one on 2 cores (2026-11-28).
+# TEST_PROCS=0 runs it in one.
 TEST_PROCS ?= 2
 test: $(STAMP) protos ops
 	TFPLACE_REQUIRE_OPS=1 $(VPY) -m pytest -q -p no:cacheprovider --durations=25 -n $(TEST_PROCS) tests

@@ -75,6 +75,7 @@ from typing import Any, Mapping, Sequence
 from _procs import children as _children, cpu_seconds, kill_children as _kill_children  # noqa: E402
 from _procs import read_result  # noqa: E402
 from _blocks import Group, fifo, interleave, serve, spawn  # noqa: E402
+from tfplace.runtime.overlap import length, union  # noqa: E402 - pure Python, no TensorFlow
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = os.path.abspath(__file__)
@@ -144,20 +145,6 @@ def _node(name: str) -> str:
     return name[len("tfplace/"):] if name.startswith("tfplace/") else name
 
 
-def _union(iv: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for s, e in sorted(iv):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def _length(iv: Sequence[tuple[float, float]]) -> float:
-    return sum(e - s for s, e in iv)
-
-
 def _clip(iv: Sequence[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
     return [(max(s, lo), min(e, hi)) for s, e in iv if e > lo and s < hi]
 
@@ -200,16 +187,16 @@ def analyse_step(events: Sequence[Mapping[str, Any]], step: Sequence[Mapping[str
     for s, device in enumerate(stage_devices):
         ran = [e for e in events if e.get("ph") == "X" and names.get(e["pid"]) == device
                and (e.get("args") or {}).get("phase") != "launch-to-done"]
-        busy = _length(_clip(_union([(e["ts"], e["ts"] + e["dur"]) for e in ran]), lo, hi))
+        busy = length(_clip(union([(e["ts"], e["ts"] + e["dur"]) for e in ran]), lo, hi))
         # fill + drain: before the stage's first and after its last compute kernel (weight
         # reads that run at step start, out of schedule order, would hide the fill)
-        runs = _clip(_union([(e["ts"], e["ts"] + e["dur"]) for e in ran
+        runs = _clip(union([(e["ts"], e["ts"] + e["dur"]) for e in ran
                              if (e.get("args") or {}).get("op") not in NOT_ACTIVATIONS]), lo, hi)
         edges = (runs[0][0] - lo) + (hi - runs[-1][1]) if runs else span
         mine = [e for e in step if segments[_node(e["name"])][0] == s]
-        f = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
+        f = length(union([(e["ts"], e["ts"] + e["dur"]) for e in mine
                             if segments[_node(e["name"])][1] == "F"]))
-        b = _length(_union([(e["ts"], e["ts"] + e["dur"]) for e in mine
+        b = length(union([(e["ts"], e["ts"] + e["dur"]) for e in mine
                             if segments[_node(e["name"])][1] == "B"]))
         first_f: dict[int, float] = {}
         last_b: dict[int, float] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-__all__ = ["overlap_report", "format_overlap", "is_sync_op", "is_backward_op"]
+__all__ = ["overlap_report", "format_overlap", "is_sync_op", "is_backward_op", "union", "length"]
 
 
 def is_sync_op(name: str) -> bool:
@@ -16,7 +16,8 @@ def is_backward_op(name: str) -> bool:
     return "gradient_tape/" in name and not is_sync_op(name)
 
 
-def _union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def union(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (start, end) intervals merged where they overlap, sorted."""
     out: list[tuple[float, float]] = []
     for s, e in sorted(intervals):
         if out and s <= out[-1][1]:
@@ -41,7 +42,8 @@ def _intersection(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, flo
     return total
 
 
-def _length(intervals: Sequence[tuple[float, float]]) -> float:
+def length(intervals: Sequence[tuple[float, float]]) -> float:
+    """Total length of disjoint intervals (``union``'s)."""
     return sum(e - s for s, e in intervals)
 
 
@@ -55,7 +57,7 @@ def _kind(event: Mapping[str, Any]) -> str | None:
 
 
 def _spans(ops: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    return _union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
+    return union([(e["ts"], e["ts"] + e["dur"]) for e in ops])
 
 
 def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -81,9 +83,9 @@ def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         active = [e for e in mine if (e.get("args") or {}).get("phase") != "launch-to-done"]
         spans, run = _spans(mine), _spans(active)
         per_device[names.get(pid, str(pid))] = {
-            "sync_us": round(_length(spans), 3),
+            "sync_us": round(length(spans), 3),
             "overlap_us": round(_intersection(spans, backward), 3),
-            "active_us": round(_length(run), 3),
+            "active_us": round(length(run), 3),
             "active_overlap_us": round(_intersection(run, backward), 3)}
     steps = sorted({s for e in ops if (s := (e.get("args") or {}).get("step")) is not None})
     early = 0
@@ -93,7 +95,7 @@ def overlap_report(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                    default=None)
         early += first is not None and last is not None and first < last
     return {"devices": per_device, "sync_ops": len(sync), "backward_ops": len(back),
-            "backward_us": round(_length(backward), 3), "steps": len(steps),
+            "backward_us": round(length(backward), 3), "steps": len(steps),
             "steps_sync_before_backward_end": early,
             "first_sync_us": min((e["ts"] for e in sync), default=None),
             "last_backward_end_us": max((end for _s, end in backward), default=None)}
